@@ -1,0 +1,54 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DeletionPolicy;
+
+/// A user profile in MyTimetable. The controller makes sure the user exists while this
+/// resource exists, and deletes it (or leaves it, with deletionPolicy Orphan) when the
+/// resource is deleted, after every CalendarSync of the user is gone.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "calsync.dev",
+    version = "v1alpha1",
+    kind = "CalendarUser",
+    namespaced,
+    status = "CalendarUserStatus",
+    shortname = "caluser",
+    category = "calsync",
+    printcolumn = r#"{"name":"Username","type":"string","jsonPath":".spec.username"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CalendarUserSpec {
+    /// The MyTimetable username, exactly as the institution uses it (for example `alice`,
+    /// `s1234567` or `Alice.Smith@example.edu`). 1 to 256 characters, no control
+    /// characters, no leading or trailing whitespace. Immutable.
+    pub username: String,
+
+    /// What happens to the MyTimetable user when this resource is deleted: `Delete`
+    /// (default) removes it, `Orphan` leaves it in MyTimetable.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The observed state of a CalendarUser.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CalendarUserStatus {
+    /// The metadata.generation that the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The MyTimetable username this resource owns: set once the controller created or
+    /// adopted the user for it. Only the owning resource ever deletes the remote user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_username: Option<String>,
+
+    /// Standard Kubernetes conditions. `Ready` is True when the user exists in MyTimetable
+    /// and belongs to this resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
