@@ -2,3 +2,12 @@
 //! synchronizations from `CalendarUser` and `CalendarSync` resources.
 
 pub mod resources;
+pub mod testenv;
+
+/// Installs rustls' `ring` crypto provider as the process default, which kube and reqwest
+/// need because the crate enables no other provider. Later calls, and calls after another
+/// provider was installed, do nothing.
+pub fn install_rustls_provider() {
+    // The only error is "a provider is already installed", which is the state asked for.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

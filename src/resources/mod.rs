@@ -12,6 +12,8 @@ pub use conditions::*;
 pub use sync::*;
 pub use user::*;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -28,4 +30,19 @@ pub enum DeletionPolicy {
     Delete,
     /// The remote object is left in MyTimetable when the resource is deleted.
     Orphan,
+}
+
+/// Returns the CustomResourceDefinitions of both resources, CalendarUser first.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![CalendarUser::crd(), CalendarSync::crd()]
+}
+
+/// Returns the file name under `crds/` that holds `crd`: its metadata.name plus `.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.name_any())
+}
+
+/// Renders a CustomResourceDefinition as the YAML document checked in under `crds/`.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(crd)
 }
