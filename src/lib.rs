@@ -1,6 +1,7 @@
 //! calsync-operator: a Kubernetes operator that provisions MyTimetable calendar
 //! synchronizations from `CalendarUser` and `CalendarSync` resources.
 
+pub mod mytimetable;
 pub mod resources;
 pub mod testenv;
 
