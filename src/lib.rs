@@ -1,7 +1,10 @@
 //! calsync-operator: a Kubernetes operator that provisions MyTimetable calendar
 //! synchronizations from `CalendarUser` and `CalendarSync` resources.
 
+pub mod config;
+pub mod decide;
 pub mod mytimetable;
+pub mod remote;
 pub mod resources;
 pub mod testenv;
 
