@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use calsync_operator::testenv::{ControlPlane, SKIP_CONTROL_PLANE_ENV, TestNamespace};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, PostParams};
 use pretty_assertions::assert_eq;
 use serde_json::Value;
 
@@ -58,8 +64,25 @@ fn helm() -> &'static Path {
     })
 }
 
+/// Returns a helm command whose configuration, cache and data folders live in a temporary
+/// folder of this test process, so that tests neither read nor change the user's Helm setup.
+fn helm_command() -> Command {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let home =
+        HOME.get_or_init(|| tempfile::tempdir().expect("failed to create a temporary folder"));
+    let mut command = Command::new(helm());
+    for (variable, folder) in [
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        command.env(variable, home.path().join(folder));
+    }
+    command
+}
+
 fn run_helm(args: &[&str]) -> Output {
-    Command::new(helm())
+    helm_command()
         .args(args)
         .output()
         .unwrap_or_else(|error| panic!("failed to run {}: {error}", helm().display()))
@@ -202,7 +225,7 @@ fn grants(objects: &[Value]) -> BTreeSet<Grant> {
     result
 }
 
-/// The grants that every watched namespace (None: the whole cluster) gets for the
+/// Returns the grants that every watched namespace (None: the whole cluster) gets for the
 /// resources the operator manages.
 fn resource_grants(namespace: Option<&str>) -> BTreeSet<Grant> {
     let namespace = namespace.map(str::to_string);
@@ -792,6 +815,415 @@ fn readme_lists_every_value() {
         assert!(
             readme.contains(&format!("| `{key}` |")),
             "charts/calsync-operator/README.md has no row for `{key}`"
+        );
+    }
+}
+
+/// Runs a command to completion and panics with its output when it fails.
+fn run_ok(mut command: Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("failed to run {what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `helm ARGS --kubeconfig KUBECONFIG` against a test control plane.
+fn helm_on(control_plane: &ControlPlane, args: &[&str]) -> String {
+    let mut command = helm_command();
+    command
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(control_plane.kubeconfig());
+    run_ok(command, &format!("helm {}", args.join(" ")))
+}
+
+/// Returns whether `kubectl auth can-i` allows `request` (verb, resource and flags) to the
+/// ServiceAccount `account` of namespace `account_namespace`.
+fn service_account_can(
+    control_plane: &ControlPlane,
+    account_namespace: &str,
+    account: &str,
+    request: &[&str],
+) -> bool {
+    let output = control_plane
+        .kubectl()
+        .args(["auth", "can-i"])
+        .args(request)
+        .arg(format!(
+            "--as=system:serviceaccount:{account_namespace}:{account}"
+        ))
+        .output()
+        .expect("failed to run kubectl auth can-i");
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!(
+            "kubectl auth can-i {request:?} printed {answer:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+#[tokio::test]
+async fn install_grants_service_account_least_privilege() {
+    let Some(control_plane) = ControlPlane::shared_or_skip() else {
+        return;
+    };
+    let client = control_plane.client().await;
+
+    // Phase 1: the namespaces the representative values name, made unique for this run.
+    let release = TestNamespace::create(&client, "chart-release").await;
+    let secrets = TestNamespace::create(&client, "chart-secrets").await;
+    let leases = TestNamespace::create(&client, "chart-leases").await;
+    let watched = TestNamespace::create(&client, "chart-watched").await;
+    let unwatched = TestNamespace::create(&client, "chart-unwatched").await;
+    let (release_ns, secrets_ns, leases_ns, watched_ns, unwatched_ns) = (
+        release.name(),
+        secrets.name(),
+        leases.name(),
+        watched.name(),
+        unwatched.name(),
+    );
+
+    // Phase 2: install the chart with the representative values into the API server.
+    let chart = chart_dir();
+    let representative = values_file("representative.yaml");
+    let overrides = format!(
+        "token.secretNamespace={secrets_ns},leaderElection.leaseNamespace={leases_ns},\
+         watchNamespaces={{{watched_ns}}},serviceMonitor.enabled=false"
+    );
+    helm_on(
+        control_plane,
+        &[
+            "install",
+            "calsync",
+            chart.to_str().unwrap(),
+            "--namespace",
+            release_ns,
+            "--values",
+            representative.to_str().unwrap(),
+            "--set",
+            &overrides,
+        ],
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), release_ns);
+    let deployment = deployments
+        .get("calsync-calsync-operator")
+        .await
+        .expect("helm install created the Deployment");
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), watched_ns);
+    bindings
+        .get("calsync-calsync-operator")
+        .await
+        .expect("helm install bound the resource role in the watched namespace");
+
+    // Phase 3: ask the API server's RBAC authorizer what the ServiceAccount may do.
+    let account = "calsync-calsync-operator";
+    let cases: Vec<(Vec<&str>, bool)> = vec![
+        (
+            vec!["watch", "calendarusers.calsync.dev", "-n", watched_ns],
+            true,
+        ),
+        (
+            vec!["list", "calendarsyncs.calsync.dev", "-n", watched_ns],
+            true,
+        ),
+        (
+            vec!["patch", "calendarusers.calsync.dev", "-n", watched_ns],
+            true,
+        ),
+        (
+            vec!["delete", "calendarsyncs.calsync.dev", "-n", watched_ns],
+            true,
+        ),
+        (
+            vec!["delete", "calendarusers.calsync.dev", "-n", watched_ns],
+            false,
+        ),
+        (
+            vec!["create", "calendarusers.calsync.dev", "-n", watched_ns],
+            false,
+        ),
+        (
+            vec![
+                "patch",
+                "calendarsyncs.calsync.dev",
+                "--subresource=status",
+                "-n",
+                watched_ns,
+            ],
+            true,
+        ),
+        (
+            vec![
+                "update",
+                "calendarusers.calsync.dev",
+                "--subresource=finalizers",
+                "-n",
+                watched_ns,
+            ],
+            true,
+        ),
+        (vec!["create", "events", "-n", watched_ns], true),
+        (
+            vec!["patch", "events.events.k8s.io", "-n", watched_ns],
+            true,
+        ),
+        (
+            vec!["list", "calendarusers.calsync.dev", "-n", unwatched_ns],
+            false,
+        ),
+        (vec!["create", "events", "-n", unwatched_ns], false),
+        (
+            vec!["list", "calendarusers.calsync.dev", "--all-namespaces"],
+            false,
+        ),
+        (
+            vec!["get", "secrets/mytimetable-provisioning", "-n", secrets_ns],
+            true,
+        ),
+        (
+            vec![
+                "watch",
+                "secrets/mytimetable-provisioning",
+                "-n",
+                secrets_ns,
+            ],
+            true,
+        ),
+        (
+            vec!["get", "secrets/another-secret", "-n", secrets_ns],
+            false,
+        ),
+        (vec!["list", "secrets", "-n", secrets_ns], false),
+        (
+            vec!["get", "secrets/mytimetable-provisioning", "-n", release_ns],
+            false,
+        ),
+        (
+            vec!["create", "leases.coordination.k8s.io", "-n", leases_ns],
+            true,
+        ),
+        (
+            vec![
+                "update",
+                "leases.coordination.k8s.io/calsync-operator-main",
+                "-n",
+                leases_ns,
+            ],
+            true,
+        ),
+        (
+            vec![
+                "update",
+                "leases.coordination.k8s.io/another-lease",
+                "-n",
+                leases_ns,
+            ],
+            false,
+        ),
+        (
+            vec![
+                "delete",
+                "leases.coordination.k8s.io/calsync-operator-main",
+                "-n",
+                leases_ns,
+            ],
+            false,
+        ),
+        (
+            vec!["get", "customresourcedefinitions/calendarusers.calsync.dev"],
+            true,
+        ),
+        (
+            vec!["get", "customresourcedefinitions/calendarsyncs.calsync.dev"],
+            true,
+        ),
+        (vec!["list", "customresourcedefinitions"], false),
+        (
+            vec![
+                "update",
+                "customresourcedefinitions/calendarusers.calsync.dev",
+            ],
+            false,
+        ),
+        (vec!["get", "pods", "-n", release_ns], false),
+        (vec!["get", "configmaps", "-n", release_ns], false),
+    ];
+    let mut wrong = Vec::new();
+    for (request, expected) in &cases {
+        if service_account_can(control_plane, release_ns, account, request) != *expected {
+            wrong.push(format!(
+                "{request:?}: expected {}",
+                if *expected { "yes" } else { "no" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "RBAC differs from the chart README:\n{}",
+        wrong.join("\n")
+    );
+
+    // Phase 4: the token watch selects the Secret by name, which the name-limited role
+    // admits, while a list of every Secret in the namespace is forbidden.
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("mytimetable-provisioning".to_string()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some([("api-token".to_string(), "placeholder".to_string())].into()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), secrets_ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("failed to create the token Secret");
+    let impersonate = format!("--as=system:serviceaccount:{release_ns}:{account}");
+    let mut selected = control_plane.kubectl();
+    selected.args([
+        "get",
+        "secrets",
+        "-n",
+        secrets_ns,
+        "--field-selector=metadata.name=mytimetable-provisioning",
+        "-o",
+        "name",
+        &impersonate,
+    ]);
+    assert_eq!(
+        run_ok(selected, "kubectl get secrets --field-selector").trim(),
+        "secret/mytimetable-provisioning"
+    );
+    let unselected = control_plane
+        .kubectl()
+        .args([
+            "get",
+            "secrets",
+            "-n",
+            secrets_ns,
+            "-o",
+            "name",
+            &impersonate,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !unselected.status.success(),
+        "listing every Secret must be forbidden"
+    );
+    assert!(
+        String::from_utf8_lossy(&unselected.stderr).contains("Forbidden"),
+        "{}",
+        String::from_utf8_lossy(&unselected.stderr)
+    );
+
+    // Phase 5: an upgrade to a mounted token file removes the Secret permissions.
+    helm_on(
+        control_plane,
+        &[
+            "upgrade",
+            "calsync",
+            chart.to_str().unwrap(),
+            "--namespace",
+            release_ns,
+            "--reuse-values",
+            "--set",
+            "token.source=file",
+        ],
+    );
+    let secret_request = ["get", "secrets/mytimetable-provisioning", "-n", secrets_ns];
+    assert!(!service_account_can(
+        control_plane,
+        release_ns,
+        account,
+        &secret_request
+    ));
+
+    // Phase 6: uninstall removes the cluster-scoped roles as well.
+    helm_on(
+        control_plane,
+        &["uninstall", "calsync", "--namespace", release_ns],
+    );
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let role_name = format!("{release_ns}-calsync-calsync-operator-resources");
+    assert!(
+        cluster_roles.get_opt(&role_name).await.unwrap().is_none(),
+        "helm uninstall left ClusterRole {role_name}"
+    );
+}
+
+#[tokio::test]
+async fn first_install_creates_crds_and_uninstall_keeps_them() {
+    // A private control plane, because this test deletes the CRDs that other tests use.
+    if std::env::var(SKIP_CONTROL_PLANE_ENV).as_deref() == Ok("1") {
+        eprintln!("skipped: {SKIP_CONTROL_PLANE_ENV}=1 is set and this test needs a control plane");
+        return;
+    }
+    let control_plane = ControlPlane::start()
+        .unwrap_or_else(|error| panic!("the control plane did not start: {error}"));
+    let client = control_plane.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names = ["calendarusers.calsync.dev", "calendarsyncs.calsync.dev"];
+
+    let mut delete = control_plane.kubectl();
+    delete
+        .args(["delete", "crd", "--wait=true", "--timeout=60s"])
+        .args(names);
+    run_ok(delete, "kubectl delete crd");
+    for name in names {
+        assert!(
+            crds.get_opt(name).await.unwrap().is_none(),
+            "{name} is still installed"
+        );
+    }
+
+    let release = TestNamespace::create(&client, "chart-crds").await;
+    let chart = chart_dir();
+    let url = format!("mytimetable.url={URL}");
+    helm_on(
+        &control_plane,
+        &[
+            "install",
+            "calsync",
+            chart.to_str().unwrap(),
+            "--namespace",
+            release.name(),
+            "--set",
+            &url,
+        ],
+    );
+    let mut established = control_plane.kubectl();
+    established
+        .args(["wait", "--for=condition=Established", "--timeout=60s"])
+        .args(names.map(|name| format!("crd/{name}")));
+    run_ok(established, "kubectl wait for the chart's CRDs");
+
+    // The chart's CRDs accept the example manifests.
+    let mut apply = control_plane.kubectl();
+    apply
+        .args(["apply", "--server-side", "-k"])
+        .arg(repo_root().join("examples"));
+    run_ok(apply, "kubectl apply -k examples/");
+
+    helm_on(
+        &control_plane,
+        &["uninstall", "calsync", "--namespace", release.name()],
+    );
+    for name in names {
+        assert!(
+            crds.get_opt(name).await.unwrap().is_some(),
+            "helm uninstall deleted {name}"
         );
     }
 }
