@@ -6,6 +6,7 @@ pub mod decide;
 pub mod mytimetable;
 pub mod remote;
 pub mod resources;
+pub mod sim;
 pub mod testenv;
 
 /// Installs rustls' `ring` crypto provider as the process default, which kube and reqwest
