@@ -5,15 +5,15 @@
 //! developers are plain `//` comments.
 
 mod conditions;
+mod crd;
 mod sync;
 mod user;
 
 pub use conditions::*;
+pub use crd::{crd_file_name, crd_yaml, crds};
 pub use sync::*;
 pub use user::*;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,19 +30,4 @@ pub enum DeletionPolicy {
     Delete,
     /// The remote object is left in MyTimetable when the resource is deleted.
     Orphan,
-}
-
-/// Returns the CustomResourceDefinitions of both resources, CalendarUser first.
-pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![CalendarUser::crd(), CalendarSync::crd()]
-}
-
-/// Returns the file name under `crds/` that holds `crd`: its metadata.name plus `.yaml`.
-pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
-    format!("{}.yaml", crd.name_any())
-}
-
-/// Renders a CustomResourceDefinition as the YAML document checked in under `crds/`.
-pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
-    serde_saphyr::to_string(crd)
 }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use tempfile::TempDir;
+use tower::layer::layer_fn;
 
 use super::binaries::{self, SKIP_CONTROL_PLANE_ENV};
 use super::pki::{ADMIN_USER, Pki};
@@ -338,7 +340,10 @@ async fn build_client(kubeconfig: PathBuf) -> Result<Client, Error> {
     let config = Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
         .await
         .map_err(|error| failed(error.into()))?;
-    Client::try_from(config).map_err(|error| failed(error.into()))
+    let builder = ClientBuilder::try_from(config).map_err(|error| failed(error.into()))?;
+    Ok(builder
+        .with_layer(&layer_fn(runtime::SpawnOnBackground::new))
+        .build())
 }
 
 /// Polls `/readyz` until it answers `ok`, failing early when a process exits.

@@ -21,9 +21,10 @@
 //! [`ControlPlane::start`] returns a private control plane that is stopped on drop.
 //!
 //! # Clients
-//! Every [`kube::Client`] that [`ControlPlane::client`] returns is served by a background
-//! runtime owned by this module, so it works from any tokio runtime, including one with a
-//! paused clock, and outlives the runtime of the test that asked for it.
+//! Every [`kube::Client`] that [`ControlPlane::client`] returns sends its requests from a
+//! background runtime owned by this module, where its connections also live. It therefore
+//! works from any tokio runtime, including one with a paused clock, and keeps working while
+//! the test's own runtime is blocked or after it is gone.
 //!
 //! # Binaries
 //! `CALSYNC_CONTROL_PLANE_DIR` names the folder with `kube-apiserver`, `kubectl` and `etcd`.

@@ -74,7 +74,7 @@ impl Drop for TestNamespace {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let name = self.name.clone();
         let (sender, receiver) = mpsc::sync_channel(1);
-        runtime::handle().spawn(async move {
+        let task = runtime::handle().spawn(async move {
             let deleted = api.delete(&name, &DeleteParams::background()).await;
             let _ = sender.send(deleted.map(|_| ()));
         });
@@ -83,10 +83,15 @@ impl Drop for TestNamespace {
             Ok(Err(error)) => {
                 eprintln!("testenv: failed to delete namespace {}: {error}", self.name)
             }
-            Err(_) => eprintln!(
-                "testenv: namespace {} was not deleted within {DELETE_TIMEOUT:?}; was its client built by ControlPlane::client?",
-                self.name
-            ),
+            // Aborted so that a late deletion cannot hide the stall from a test that checks
+            // the namespace right after the drop.
+            Err(_) => {
+                task.abort();
+                eprintln!(
+                    "testenv: namespace {} was not deleted within {DELETE_TIMEOUT:?}; was its client built by ControlPlane::client?",
+                    self.name
+                );
+            }
         }
     }
 }

@@ -4,8 +4,11 @@
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
 use tokio::runtime::Handle;
+use tower::{BoxError, Service};
 
 /// Returns the handle of the background runtime, starting its thread on first use.
 ///
@@ -46,10 +49,54 @@ where
 {
     let (sender, receiver) = mpsc::sync_channel(1);
     handle().spawn(async move {
-        // The receiver only disappears if the caller's thread died, and then nobody waits.
+        // The receiver is gone only if the caller's thread died, and then no result is needed.
         let _ = sender.send(future.await);
     });
     receiver
         .recv()
         .expect("a testenv task panicked; see the panic message above")
+}
+
+/// A tower service that runs each request of the wrapped service as a task on the background
+/// runtime.
+///
+/// kube's client returns a future that the caller polls, and that future opens the TCP
+/// connection, so a pooled connection would otherwise belong to the runtime of whichever test
+/// sent the first request. A test that then blocks its single-threaded runtime (for example in
+/// `Drop`) would stall every later request on that connection. With this wrapper every socket
+/// and connection task lives on the background runtime, and the caller only awaits the result.
+pub(super) struct SpawnOnBackground<S> {
+    inner: S,
+}
+
+impl<S> SpawnOnBackground<S> {
+    pub(super) fn new(inner: S) -> Self {
+        SpawnOnBackground { inner }
+    }
+}
+
+impl<S, Request> Service<Request> for SpawnOnBackground<S>
+where
+    S: Service<Request>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let response = handle().spawn(self.inner.call(request));
+        Box::pin(async move {
+            match response.await {
+                Ok(result) => result.map_err(Into::into),
+                Err(join_error) => Err(Box::new(join_error) as BoxError),
+            }
+        })
+    }
 }
