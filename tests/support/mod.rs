@@ -37,6 +37,8 @@ impl Write for BufferWriter {
 pub fn logs() -> &'static LogCapture {
     static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
     CAPTURE.get_or_init(|| {
+        // Plain reqwest clients in tests need the same crypto provider as the library.
+        calsync_operator::install_rustls_provider();
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = BufferWriter(buffer.clone());
         tracing_subscriber::fmt()
