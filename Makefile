@@ -1,0 +1,34 @@
+# Developer and CI entry points. Longer logic lives in scripts/.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+.PHONY: help test crds check-crds control-plane helm build lint release
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+test: ## Run every check and test, installing and building what is missing (what CI runs)
+	scripts/test.sh
+
+crds: ## Regenerate crds/ from the Rust types
+	cargo run --quiet --locked --bin calsync-operator -- crds --output-dir crds
+
+check-crds: ## Fail when crds/ differs from the Rust types
+	scripts/check-crds.sh
+
+control-plane: ## Build kube-apiserver, kubectl and etcd into the cache and print their folder
+	scripts/build-control-plane.sh
+
+helm: ## Build helm into the cache and print its path
+	scripts/build-helm.sh
+
+build: ## Build every binary, test and example
+	cargo build --locked --all-targets
+
+lint: ## Check formatting and run clippy with warnings as errors
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+release: ## Build the release binary of calsync-operator
+	scripts/build-release.sh
