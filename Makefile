@@ -3,7 +3,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test crds check-crds control-plane helm build lint release
+.PHONY: help test crds check-crds control-plane helm build lint release sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,3 +32,12 @@ lint: ## Check formatting and run clippy with warnings as errors
 
 release: ## Build the release binary of calsync-operator
 	scripts/build-release.sh
+
+# The simulator's settings for `make sim`; override on the command line, for example
+# `make sim SIM_ARGS="--later-version --latency 20ms"`.
+SIM_LISTEN ?= 127.0.0.1:8090
+SIM_TOKEN ?= dev-token
+SIM_ARGS ?=
+
+sim: ## Run the MyTimetable simulator on SIM_LISTEN, token SIM_TOKEN, extra flags in SIM_ARGS
+	MYTIMETABLE_SIM_TOKEN='$(SIM_TOKEN)' cargo run --quiet --locked --bin mytimetable-sim -- --listen '$(SIM_LISTEN)' $(SIM_ARGS)
