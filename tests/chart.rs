@@ -1216,6 +1216,45 @@ async fn first_install_creates_crds_and_uninstall_keeps_them() {
         .arg(repo_root().join("examples"));
     run_ok(apply, "kubectl apply -k examples/");
 
+    // The CRD upgrade the chart README documents, with a newer chart whose CRD changed a
+    // field that Helm wrote at install time.
+    let newer = newer_chart_with_changed_crd("calendarusers.calsync.dev.yaml", "upgraded schema");
+    let show = helm_command()
+        .args(["show", "crds"])
+        .arg(newer.path())
+        .output()
+        .expect("failed to run helm show crds");
+    assert!(
+        show.status.success(),
+        "helm show crds failed: {}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let mut upgrade = control_plane.kubectl();
+    upgrade
+        .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = upgrade.spawn().expect("failed to run kubectl apply");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &show.stdout).unwrap();
+    let applied = child.wait_with_output().unwrap();
+    assert!(
+        applied.status.success(),
+        "the documented CRD upgrade failed: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let upgraded = crds.get(names[0]).await.unwrap();
+    let schema = upgraded.spec.versions[0].schema.as_ref().unwrap();
+    assert_eq!(
+        schema
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap()
+            .description
+            .as_deref(),
+        Some("upgraded schema")
+    );
+
     helm_on(
         &control_plane,
         &["uninstall", "calsync", "--namespace", release.name()],
@@ -1225,5 +1264,33 @@ async fn first_install_creates_crds_and_uninstall_keeps_them() {
             crds.get_opt(name).await.unwrap().is_some(),
             "helm uninstall deleted {name}"
         );
+    }
+}
+
+/// Copies the chart into a temporary folder and replaces the top-level schema description of
+/// one of its CRDs, as a later chart version with a changed CRD would.
+fn newer_chart_with_changed_crd(file: &str, description: &str) -> tempfile::TempDir {
+    let folder = tempfile::tempdir().expect("failed to create a temporary folder");
+    copy_folder(&chart_dir(), folder.path());
+
+    let path = folder.path().join("crds").join(file);
+    let mut crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] =
+        Value::from(description);
+    // JSON is valid YAML, so the file stays a valid CRD manifest.
+    std::fs::write(&path, serde_json::to_string_pretty(&crd).unwrap()).unwrap();
+    folder
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
