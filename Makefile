@@ -10,9 +10,14 @@ help: ## List the targets
 
 test: ## Run every check and test, installing and building what is missing (what CI runs)
 	scripts/test.sh
+# CI has no Docker engine, so it builds the release binary with the Dockerfile's build script
+# instead (about 7 minutes on 2 cores from a fresh clone). Developers run `make release`.
+	@if [ "$${CI:-}" = true ]; then scripts/build-release.sh; fi
 
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ from the Rust types and copy them into the Helm chart
 	cargo run --quiet --locked --bin calsync-operator -- crds --output-dir crds
+	rm -f charts/calsync-operator/crds/*.yaml
+	cp crds/*.yaml charts/calsync-operator/crds/
 
 check-crds: ## Fail when crds/ differs from the Rust types
 	scripts/check-crds.sh
@@ -30,7 +35,7 @@ lint: ## Check formatting and run clippy with warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-release: ## Build the release binary of calsync-operator
+release: ## Build the release binary with the same script as the Dockerfile's build stage
 	scripts/build-release.sh
 
 # The simulator's settings for `make sim`; override on the command line, for example
