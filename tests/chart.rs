@@ -43,7 +43,7 @@ fn helm() -> &'static Path {
             let path = PathBuf::from(path);
             assert!(
                 path.is_file(),
-                "CALSYNC_HELM is set to {}, which is not a file; unset it or run `make helm`",
+                "CALSYNC_HELM is set to {}, which is not a file; unset it, or set it to the path that `make -s helm` prints",
                 path.display()
             );
             return path;
@@ -225,40 +225,81 @@ fn grants(objects: &[Value]) -> BTreeSet<Grant> {
     result
 }
 
-/// Returns the grants that every watched namespace (None: the whole cluster) gets for the
-/// resources the operator manages.
-fn resource_grants(namespace: Option<&str>) -> BTreeSet<Grant> {
-    let namespace = namespace.map(str::to_string);
-    let mut expected = BTreeSet::new();
-    let mut add = |group: &str, resource: &str, verbs: &[&str]| {
-        for verb in verbs {
-            expected.insert((
-                namespace.clone(),
-                group.into(),
-                resource.into(),
+/// Returns `verbs` on `resource` of `group` in `namespace` (None: the whole cluster).
+fn verb_grants(
+    namespace: Option<&str>,
+    group: &str,
+    resource: &str,
+    verbs: &[&str],
+) -> BTreeSet<Grant> {
+    verbs
+        .iter()
+        .map(|verb| {
+            (
+                namespace.map(str::to_string),
+                group.to_string(),
+                resource.to_string(),
                 verb.to_string(),
                 None,
-            ));
-        }
-    };
-    add(
+            )
+        })
+        .collect()
+}
+
+/// Returns the grants for reading the managed resources in `namespace` (None: the whole
+/// cluster).
+fn read_grants(namespace: Option<&str>) -> BTreeSet<Grant> {
+    let mut expected = BTreeSet::new();
+    for resource in ["calendarusers", "calendarsyncs"] {
+        expected.extend(verb_grants(
+            namespace,
+            "calsync.dev",
+            resource,
+            &["get", "list", "watch"],
+        ));
+    }
+    expected
+}
+
+/// Returns the grants for writing the managed resources and events in `namespace` (None:
+/// the whole cluster).
+fn write_grants(namespace: Option<&str>) -> BTreeSet<Grant> {
+    let mut expected = BTreeSet::new();
+    expected.extend(verb_grants(
+        namespace,
         "calsync.dev",
         "calendarusers",
-        &["get", "list", "watch", "patch", "update"],
-    );
-    add(
+        &["patch", "update"],
+    ));
+    expected.extend(verb_grants(
+        namespace,
         "calsync.dev",
         "calendarsyncs",
-        &["get", "list", "watch", "patch", "update", "delete"],
-    );
+        &["patch", "update", "delete"],
+    ));
     for status in ["calendarusers/status", "calendarsyncs/status"] {
-        add("calsync.dev", status, &["get", "patch", "update"]);
+        expected.extend(verb_grants(
+            namespace,
+            "calsync.dev",
+            status,
+            &["get", "patch", "update"],
+        ));
     }
     for finalizers in ["calendarusers/finalizers", "calendarsyncs/finalizers"] {
-        add("calsync.dev", finalizers, &["update"]);
+        expected.extend(verb_grants(
+            namespace,
+            "calsync.dev",
+            finalizers,
+            &["update"],
+        ));
     }
-    add("", "events", &["create", "patch"]);
-    add("events.k8s.io", "events", &["create", "patch"]);
+    expected.extend(verb_grants(namespace, "", "events", &["create", "patch"]));
+    expected.extend(verb_grants(
+        namespace,
+        "events.k8s.io",
+        "events",
+        &["create", "patch"],
+    ));
     expected
 }
 
@@ -357,11 +398,19 @@ fn defaults_render_expected_objects() {
         ),
         (
             "ClusterRole",
-            "calsync-system-calsync-calsync-operator-resources",
+            "calsync-system-calsync-calsync-operator-read",
         ),
         (
             "ClusterRoleBinding",
-            "calsync-system-calsync-calsync-operator-resources",
+            "calsync-system-calsync-calsync-operator-read",
+        ),
+        (
+            "ClusterRole",
+            "calsync-system-calsync-calsync-operator-write",
+        ),
+        (
+            "ClusterRoleBinding",
+            "calsync-system-calsync-calsync-operator-write",
         ),
         ("Role", "calsync-calsync-operator-leader-election"),
         ("RoleBinding", "calsync-calsync-operator-leader-election"),
@@ -538,7 +587,8 @@ fn deployment_is_hardened() {
 #[test]
 fn rbac_defaults_grant_least_privilege() {
     let objects = template_defaults();
-    let mut expected = resource_grants(None);
+    let mut expected = read_grants(None);
+    expected.extend(write_grants(None));
     expected.extend(crd_grants());
     expected.extend(lease_grants("calsync-system", "calsync-operator"));
     expected.extend(secret_grants("calsync-system", "mytimetable-token"));
@@ -546,16 +596,35 @@ fn rbac_defaults_grant_least_privilege() {
 }
 
 #[test]
-fn rbac_watch_namespaces_bind_per_namespace() {
+fn rbac_several_namespaces_write_per_namespace() {
+    // Several watched namespaces share one cluster-wide watch, so reading is cluster-wide
+    // while writing stays in the listed namespaces.
     let objects = template_representative();
-    let mut expected = resource_grants(Some("faculty-science"));
-    expected.extend(resource_grants(Some("faculty-humanities")));
+    let mut expected = read_grants(None);
+    expected.extend(write_grants(Some("faculty-science")));
+    expected.extend(write_grants(Some("faculty-humanities")));
     expected.extend(crd_grants());
     expected.extend(lease_grants("calsync-leases", "calsync-operator-main"));
     expected.extend(secret_grants("calsync-secrets", "mytimetable-provisioning"));
     assert_eq!(grants(&objects), expected);
+}
 
-    // Only the CRD check may be bound cluster-wide when namespaces are listed.
+#[test]
+fn rbac_one_namespace_binds_only_there() {
+    let objects = template(&[
+        "--set",
+        &format!("mytimetable.url={URL}"),
+        "--set",
+        "watchNamespaces={faculty-science}",
+    ]);
+    let mut expected = read_grants(Some("faculty-science"));
+    expected.extend(write_grants(Some("faculty-science")));
+    expected.extend(crd_grants());
+    expected.extend(lease_grants("calsync-system", "calsync-operator"));
+    expected.extend(secret_grants("calsync-system", "mytimetable-token"));
+    assert_eq!(grants(&objects), expected);
+
+    // Only the CRD check is bound cluster-wide.
     let cluster_bindings: Vec<String> = find(&objects, "ClusterRoleBinding")
         .iter()
         .map(|binding| kind_and_name(binding).1)
@@ -884,12 +953,14 @@ async fn install_grants_service_account_least_privilege() {
     let secrets = TestNamespace::create(&client, "chart-secrets").await;
     let leases = TestNamespace::create(&client, "chart-leases").await;
     let watched = TestNamespace::create(&client, "chart-watched").await;
+    let also_watched = TestNamespace::create(&client, "chart-also-watched").await;
     let unwatched = TestNamespace::create(&client, "chart-unwatched").await;
-    let (release_ns, secrets_ns, leases_ns, watched_ns, unwatched_ns) = (
+    let (release_ns, secrets_ns, leases_ns, watched_ns, also_watched_ns, unwatched_ns) = (
         release.name(),
         secrets.name(),
         leases.name(),
         watched.name(),
+        also_watched.name(),
         unwatched.name(),
     );
 
@@ -898,7 +969,7 @@ async fn install_grants_service_account_least_privilege() {
     let representative = values_file("representative.yaml");
     let overrides = format!(
         "token.secretNamespace={secrets_ns},leaderElection.leaseNamespace={leases_ns},\
-         watchNamespaces={{{watched_ns}}},serviceMonitor.enabled=false"
+         watchNamespaces={{{watched_ns},{also_watched_ns}}},serviceMonitor.enabled=false"
     );
     helm_on(
         control_plane,
@@ -923,9 +994,9 @@ async fn install_grants_service_account_least_privilege() {
     assert_eq!(deployment.spec.unwrap().replicas, Some(2));
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), watched_ns);
     bindings
-        .get("calsync-calsync-operator")
+        .get("calsync-calsync-operator-write")
         .await
-        .expect("helm install bound the resource role in the watched namespace");
+        .expect("helm install bound the write role in the watched namespace");
 
     // Phase 3: ask the API server's RBAC authorizer what the ServiceAccount may do.
     let account = "calsync-calsync-operator";
@@ -979,13 +1050,45 @@ async fn install_grants_service_account_least_privilege() {
             vec!["patch", "events.events.k8s.io", "-n", watched_ns],
             true,
         ),
+        // Two watched namespaces share one cluster-wide watch: reading is cluster-wide,
+        // writing is limited to the watched namespaces.
+        (
+            vec!["delete", "calendarsyncs.calsync.dev", "-n", also_watched_ns],
+            true,
+        ),
+        (
+            vec!["list", "calendarusers.calsync.dev", "--all-namespaces"],
+            true,
+        ),
+        (
+            vec!["watch", "calendarsyncs.calsync.dev", "--all-namespaces"],
+            true,
+        ),
         (
             vec!["list", "calendarusers.calsync.dev", "-n", unwatched_ns],
+            true,
+        ),
+        (
+            vec!["patch", "calendarusers.calsync.dev", "-n", unwatched_ns],
+            false,
+        ),
+        (
+            vec!["delete", "calendarsyncs.calsync.dev", "-n", unwatched_ns],
+            false,
+        ),
+        (
+            vec![
+                "patch",
+                "calendarsyncs.calsync.dev",
+                "--subresource=status",
+                "-n",
+                unwatched_ns,
+            ],
             false,
         ),
         (vec!["create", "events", "-n", unwatched_ns], false),
         (
-            vec!["list", "calendarusers.calsync.dev", "--all-namespaces"],
+            vec!["create", "events.events.k8s.io", "-n", unwatched_ns],
             false,
         ),
         (
@@ -1156,7 +1259,7 @@ async fn install_grants_service_account_least_privilege() {
         &["uninstall", "calsync", "--namespace", release_ns],
     );
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    let role_name = format!("{release_ns}-calsync-calsync-operator-resources");
+    let role_name = format!("{release_ns}-calsync-calsync-operator-write");
     assert!(
         cluster_roles.get_opt(&role_name).await.unwrap().is_none(),
         "helm uninstall left ClusterRole {role_name}"
