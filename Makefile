@@ -19,7 +19,7 @@ crds: ## Regenerate crds/ from the Rust types and copy them into the Helm chart
 	rm -f charts/calsync-operator/crds/*.yaml
 	cp crds/*.yaml charts/calsync-operator/crds/
 
-check-crds: ## Fail when crds/ differs from the Rust types
+check-crds: ## Fail when crds/ or the chart's copy differs from the Rust types
 	scripts/check-crds.sh
 
 control-plane: ## Build kube-apiserver, kubectl and etcd into the cache and print their folder
