@@ -16,3 +16,4 @@ pub fn install_rustls_provider() {
     // The only error is "a provider is already installed", which is the state asked for.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+pub mod reconcile;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use calsync_operator::config::{LogFormat, RunConfig};
+use calsync_operator::reconcile::Runtime;
 use calsync_operator::resources;
+use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator that provisions MyTimetable calendar synchronizations from
 /// CalendarUser and CalendarSync resources.
@@ -25,12 +28,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
     },
+    /// Run the controller: reconcile CalendarUsers and CalendarSyncs against MyTimetable.
+    Run(Box<RunConfig>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds { output_dir } => print_crds(output_dir.as_deref()),
+        Command::Run(config) => run(*config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,4 +67,54 @@ fn print_crds(output_dir: Option<&Path>) -> anyhow::Result<()> {
         print!("{}", documents.join("---\n"));
     }
     Ok(())
+}
+
+fn run(config: RunConfig) -> anyhow::Result<()> {
+    init_tracing(&config)?;
+    calsync_operator::install_rustls_provider();
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let runtime = Runtime::from_config(config, None).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        runtime.run(shutdown).await;
+        Ok(())
+    })
+}
+
+/// Sets up logging: `RUST_LOG` when set, else `--log-level`, in the `--log-format`.
+fn init_tracing(config: &RunConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => {
+            EnvFilter::try_new(&value).with_context(|| format!("invalid RUST_LOG {value:?}"))?
+        }
+        _ => EnvFilter::try_new(&config.log_level)
+            .with_context(|| format!("invalid --log-level {:?}", config.log_level))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "Failed to listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("Received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Received SIGINT, shutting down"),
+    }
+    shutdown.cancel();
 }

@@ -1,6 +1,7 @@
 //! The shared remote view: one snapshot of MyTimetable's users and synchronizations that
 //! every reconcile and the read-only API read without calling MyTimetable.
 
+mod client;
 mod snapshot;
 mod view;
 

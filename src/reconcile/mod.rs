@@ -1,0 +1,298 @@
+//! The reconcilers: they read the caches and the remote view, ask `decide` what to do, call
+//! MyTimetable, patch status only when it changed, and emit events.
+
+mod controllers;
+mod index;
+mod memory;
+mod patch;
+mod sync;
+mod user;
+
+pub use controllers::{Runtime, RuntimeError};
+pub use index::Index;
+pub use memory::Memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedSender;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+use crate::decide::{Note, Settings, conditions_differ, with_ready};
+use crate::mytimetable;
+use crate::remote::RemoteView;
+use crate::resources::{
+    CalendarSync, CalendarSyncStatus, CalendarUser, CalendarUserStatus, reason,
+};
+
+/// A failed reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API request failed.
+    #[error("kubernetes request failed")]
+    Kube(#[source] kube::Error),
+    /// The object changed since it was read, so the decision made from it was not applied;
+    /// the next reconcile reads the new version.
+    #[error("the object changed since it was read")]
+    Stale,
+    /// A MyTimetable request failed.
+    #[error(transparent)]
+    MyTimetable(#[from] mytimetable::Error),
+}
+
+impl Error {
+    /// Returns a stable label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Stale => "stale",
+            Error::MyTimetable(error) => error.metric_label(),
+        }
+    }
+}
+
+/// What both controllers share.
+pub struct Context {
+    pub kube: kube::Client,
+    pub mytimetable: mytimetable::Client,
+    pub view: RemoteView,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Requeue interval of objects that need nothing, as a fallback for missed events.
+    pub resync_interval: Duration,
+    pub users: Store<CalendarUser>,
+    pub syncs: Store<CalendarSync>,
+    pub index: Index,
+    pub memory: Memory,
+    pub(crate) user_triggers: UnboundedSender<ObjectRef<CalendarUser>>,
+    pub(crate) sync_triggers: UnboundedSender<ObjectRef<CalendarSync>>,
+}
+
+impl Context {
+    /// Emits an event about `object`; a failure is logged and otherwise ignored, because an
+    /// event is informational and must not fail the reconcile.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &Note) {
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.to_string(),
+            note: Some(note.message.clone()),
+            action: note.action.to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason = note.reason, "Failed to publish event");
+        }
+    }
+
+    /// Asks for the object's reconcile soon, for example after the remote view changed.
+    pub(crate) fn trigger_user(&self, key: ObjectRef<CalendarUser>) {
+        // The receiver lives as long as the controller; after shutdown nothing needs it.
+        let _ = self.user_triggers.unbounded_send(key);
+    }
+
+    pub(crate) fn trigger_sync(&self, key: ObjectRef<CalendarSync>) {
+        let _ = self.sync_triggers.unbounded_send(key);
+    }
+}
+
+/// The Ready condition and event for a failed MyTimetable request.
+///
+/// The event is emitted only when the condition changes, so that retries of the same failure
+/// do not flood the namespace with events.
+pub(crate) fn failure_condition(
+    conditions: &[Condition],
+    error: &mytimetable::Error,
+    generation: Option<i64>,
+) -> (Vec<Condition>, Option<Note>) {
+    let (reason, message) = match error {
+        mytimetable::Error::Unauthorized => (reason::UNAUTHORIZED, error.to_string()),
+        _ => (reason::API_ERROR, error.to_string()),
+    };
+    let updated = with_ready(conditions, false, reason, &message, generation);
+    let changed = crate::decide::conditions_differ(conditions, &updated);
+    let note = changed.then(|| Note::warning(reason, "Reconcile", message));
+    (updated, note)
+}
+
+/// A resource kind the controller reconciles, with the parts of its status that the shared
+/// code touches.
+pub(crate) trait Managed:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    type Status: Serialize + Default + Clone + PartialEq;
+    fn current_status(&self) -> Self::Status;
+    fn conditions(status: &Self::Status) -> &[Condition];
+    fn observed_generation(status: &Self::Status) -> Option<i64>;
+    /// Returns the status with new conditions, stamped with the generation.
+    fn with_conditions(
+        status: Self::Status,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+    ) -> Self::Status;
+}
+
+impl Managed for CalendarUser {
+    type Status = CalendarUserStatus;
+
+    fn current_status(&self) -> CalendarUserStatus {
+        self.status.clone().unwrap_or_default()
+    }
+
+    fn conditions(status: &CalendarUserStatus) -> &[Condition] {
+        &status.conditions
+    }
+
+    fn observed_generation(status: &CalendarUserStatus) -> Option<i64> {
+        status.observed_generation
+    }
+
+    fn with_conditions(
+        status: CalendarUserStatus,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+    ) -> CalendarUserStatus {
+        CalendarUserStatus {
+            observed_generation: generation,
+            conditions,
+            ..status
+        }
+    }
+}
+
+impl Managed for CalendarSync {
+    type Status = CalendarSyncStatus;
+
+    fn current_status(&self) -> CalendarSyncStatus {
+        self.status.clone().unwrap_or_default()
+    }
+
+    fn conditions(status: &CalendarSyncStatus) -> &[Condition] {
+        &status.conditions
+    }
+
+    fn observed_generation(status: &CalendarSyncStatus) -> Option<i64> {
+        status.observed_generation
+    }
+
+    fn with_conditions(
+        status: CalendarSyncStatus,
+        conditions: Vec<Condition>,
+        generation: Option<i64>,
+    ) -> CalendarSyncStatus {
+        CalendarSyncStatus {
+            observed_generation: generation,
+            conditions,
+            ..status
+        }
+    }
+}
+
+/// Writes the status when it differs from the current one in more than condition
+/// transition times, and returns the object as it is now.
+pub(crate) async fn write_status<K: Managed>(
+    api: &Api<K>,
+    object: K,
+    status: &K::Status,
+) -> Result<K, Error> {
+    if !status_differs::<K>(&object.current_status(), status) {
+        return Ok(object);
+    }
+    patch::replace_status(api, &object, status).await
+}
+
+/// Returns whether two statuses differ in more than condition transition times.
+pub(crate) fn status_differs<K: Managed>(current: &K::Status, new: &K::Status) -> bool {
+    let same_conditions = !conditions_differ(K::conditions(current), K::conditions(new));
+    let same_generation = K::observed_generation(current) == K::observed_generation(new);
+    // Everything else, compared with the conditions and the generation blanked out.
+    let same_rest = K::with_conditions(current.clone(), Vec::new(), None)
+        == K::with_conditions(new.clone(), Vec::new(), None);
+    !(same_conditions && same_generation && same_rest)
+}
+
+/// Writes a failed MyTimetable request into the Ready condition of `status` and returns the
+/// error for the backoff; a rejection that only a change of the resource can fix stops the
+/// retries.
+pub(crate) async fn report_failure<K: Managed>(
+    api: &Api<K>,
+    object: K,
+    status: K::Status,
+    ctx: &Context,
+    error: mytimetable::Error,
+) -> Result<Action, Error> {
+    let generation = object.meta().generation;
+    let (conditions, note) = failure_condition(K::conditions(&status), &error, generation);
+    let status = K::with_conditions(status, conditions, generation);
+    let object = write_status(api, object, &status).await?;
+    if let Some(note) = &note {
+        ctx.publish(&object, note).await;
+    }
+    if error.is_transient() || matches!(error, mytimetable::Error::Unauthorized) {
+        return Err(Error::MyTimetable(error));
+    }
+    tracing::warn!(
+        object = %key_of(&object),
+        %error,
+        "MyTimetable rejected a request; waiting for a change of the resource"
+    );
+    if let Some(generation) = generation {
+        ctx.memory.reject(&uid_of(&object), generation);
+    }
+    Ok(Action::await_change())
+}
+
+/// The requeue after an error: per-object capped exponential backoff.
+pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let delay = match error {
+        // A newer version is on its way through the watch; retry soon.
+        Error::Stale => Duration::from_millis(500),
+        _ => ctx.memory.failed(&uid),
+    };
+    tracing::warn!(
+        kind = K::kind(&Default::default()).as_ref(),
+        namespace = object.meta().namespace.as_deref().unwrap_or(""),
+        name = object.meta().name.as_deref().unwrap_or(""),
+        error = %error,
+        error_kind = error.metric_label(),
+        retry_in_ms = delay.as_millis() as u64,
+        "Reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Returns the uid of an object, empty when the API server did not set one.
+pub(crate) fn uid_of<K: Resource>(object: &K) -> String {
+    object.meta().uid.clone().unwrap_or_default()
+}
+
+/// The current time; one place so that decisions in one reconcile share an instant.
+pub(crate) fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The display name of an object for logs.
+pub(crate) fn key_of<K: ResourceExt>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
