@@ -77,7 +77,7 @@ impl UserBuilder {
     }
 
     pub fn deleting(mut self) -> Self {
-        self.user.metadata.deletion_timestamp = Some(Time(at(2000)));
+        self.user.metadata.deletion_timestamp = Some(Time(at(500)));
         self
     }
 
@@ -161,7 +161,7 @@ impl SyncBuilder {
     }
 
     pub fn deleting(mut self) -> Self {
-        self.sync.metadata.deletion_timestamp = Some(Time(at(2000)));
+        self.sync.metadata.deletion_timestamp = Some(Time(at(500)));
         self
     }
 

@@ -21,6 +21,18 @@ use kube::api::ObjectMeta;
 use crate::remote::RefreshFailure;
 use crate::resources::{CONDITION_READY, condition, find_condition, reason};
 
+/// A resource's timestamps have whole seconds: a snapshot counts as newer than a resource's
+/// creation or deletion only when it was requested at least this long after the timestamp.
+pub(crate) const CREATION_GRANULARITY: SignedDuration = SignedDuration::from_secs(1);
+
+/// Returns the instant after which a snapshot reflects everything that existed remotely
+/// when the resource was created.
+pub(crate) fn created_after(meta: &ObjectMeta) -> Timestamp {
+    meta.creation_timestamp
+        .as_ref()
+        .map_or(Timestamp::UNIX_EPOCH, |t| t.0 + CREATION_GRANULARITY)
+}
+
 /// Settings of the decision rules that come from the controller's configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -121,6 +133,18 @@ pub fn conditions_differ(old: &[Condition], new: &[Condition]) -> bool {
     strip(old) != strip(new)
 }
 
+/// Returns the warning event for a Ready condition that newly reports a failure, so that the
+/// failure reaches `kubectl get events` once and not at every retry.
+pub fn failure_note(old: &[Condition], new: &[Condition]) -> Option<Note> {
+    let ready = find_condition(new, CONDITION_READY)?;
+    let failure = match ready.reason.as_str() {
+        reason::UNAUTHORIZED => reason::UNAUTHORIZED,
+        reason::API_ERROR => reason::API_ERROR,
+        _ => return None,
+    };
+    conditions_differ(old, new).then(|| Note::warning(failure, "Reconcile", ready.message.clone()))
+}
+
 /// Returns whether the `Ready` condition is True for the resource's current generation.
 pub fn is_ready(conditions: &[Condition], generation: Option<i64>) -> bool {
     find_condition(conditions, CONDITION_READY)
@@ -151,8 +175,8 @@ pub fn display_key(meta: &ObjectMeta) -> String {
     )
 }
 
-/// The Ready condition of a resource that waits for a remote snapshot: why it waits, or the
-/// refresh failure that keeps it waiting.
+/// Builds the Ready condition of a resource that waits for a remote snapshot: why it waits,
+/// or the refresh failure that keeps it waiting.
 fn waiting_for_snapshot(
     conditions: &[Condition],
     failure: Option<&RefreshFailure>,
@@ -220,6 +244,17 @@ mod tests {
         let old = with_ready(&[], true, reason::PROVISIONED, "ok", Some(1));
         let new = with_ready(&old, true, reason::PROVISIONED, "ok", Some(2));
         assert!(conditions_differ(&old, &new));
+    }
+
+    #[test]
+    fn failure_note_only_when_failure_is_new() {
+        let failing = with_ready(&[], false, reason::UNAUTHORIZED, "rejected", Some(1));
+        let note = failure_note(&[], &failing).expect("new failure");
+        assert!(note.warning);
+        assert_eq!(note.reason, reason::UNAUTHORIZED);
+        assert_eq!(failure_note(&failing, &failing), None);
+        let waiting = with_ready(&[], false, reason::RECONCILING, "waiting", Some(1));
+        assert_eq!(failure_note(&[], &waiting), None);
     }
 
     #[test]

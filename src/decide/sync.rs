@@ -3,21 +3,18 @@
 
 use std::sync::Arc;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
-    Note, Plan, Settings, age_key, display_key, is_ready, keep_or_wait, ready_reason, with_ready,
+    Note, Plan, Settings, age_key, created_after, display_key, is_ready, keep_or_wait,
+    ready_reason, with_ready,
 };
 use crate::remote::{RefreshFailure, Snapshot};
 use crate::resources::{
     CalendarSync, CalendarSyncStatus, CalendarUser, DeletionPolicy, PendingCreate, UnlinkMode,
     reason,
 };
-
-/// A resource's creationTimestamp has whole seconds: a snapshot counts as newer than the
-/// resource only when it was requested at least this long after that timestamp.
-const CREATION_GRANULARITY: SignedDuration = SignedDuration::from_secs(1);
 
 /// What a CalendarSync reconcile reads.
 pub struct SyncInputs<'a> {
@@ -172,8 +169,13 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
                 Some(reason::ADOPTED) => reason::ADOPTED,
                 _ => reason::PROVISIONED,
             };
-            let message = format!("MyTimetable synchronization {id} exists");
-            status.conditions = with_ready(conditions, true, reason, message, generation);
+            status.conditions = with_ready(
+                conditions,
+                true,
+                reason,
+                ready_message(id, reason),
+                generation,
+            );
             return plan(status, SyncAction::Nothing, None);
         }
         status.sync_id = None;
@@ -197,15 +199,11 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
             return plan(status, action, None);
         }
         unowned().map(|id| {
-            let message = format!("created MyTimetable synchronization {id}");
-            (id, reason::PROVISIONED, "Create", message)
+            let note = format!("created MyTimetable synchronization {id}");
+            (id, reason::PROVISIONED, "Create", note)
         })
     } else {
-        let newer_than = sync
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(Timestamp::UNIX_EPOCH, |t| t.0 + CREATION_GRANULARITY);
+        let newer_than = created_after(&sync.metadata);
         if drifted.is_none() && snapshot.fetched_at <= newer_than {
             let action = waiting(
                 &mut status,
@@ -215,18 +213,24 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
             return plan(status, action, None);
         }
         unowned().map(|id| {
-            let message = format!("adopted the existing MyTimetable synchronization {id}");
-            (id, reason::ADOPTED, "Adopt", message)
+            let note = format!("adopted the existing MyTimetable synchronization {id}");
+            (id, reason::ADOPTED, "Adopt", note)
         })
     };
-    if let Some((id, reason, verb, message)) = adoption {
+    if let Some((id, reason, verb, note)) = adoption {
         status.sync_id = Some(id);
         status.pending_create = None;
-        status.conditions = with_ready(conditions, true, reason, &message, generation);
+        status.conditions = with_ready(
+            conditions,
+            true,
+            reason,
+            ready_message(id, reason),
+            generation,
+        );
         return plan(
             status,
             SyncAction::Nothing,
-            Some(Note::normal(reason, verb, message)),
+            Some(Note::normal(reason, verb, note)),
         );
     }
 
@@ -262,6 +266,16 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
         },
         status,
         note: drifted.map(|_| Note::warning(reason::PROVISIONED, "Create", what)),
+    }
+}
+
+/// The Ready message of a recorded synchronization; the same on every reconcile, so that it
+/// causes no status write.
+fn ready_message(id: i64, reason: &str) -> String {
+    if reason == reason::ADOPTED {
+        format!("adopted the existing MyTimetable synchronization {id}")
+    } else {
+        format!("MyTimetable synchronization {id} exists")
     }
 }
 
@@ -417,6 +431,8 @@ fn unlink(
 
 #[cfg(test)]
 mod tests {
+    use jiff::SignedDuration;
+
     use super::*;
     use crate::decide::fixtures::{SnapshotBuilder, SyncBuilder, UserBuilder, at};
 
@@ -623,14 +639,20 @@ mod tests {
         assert_eq!(plan.claim, None);
     }
 
-    #[test]
-    fn pending_create_adopts_match_after_put_returned() {
+    // A create recorded at 990 that returned at 995, listed by a snapshot from 1000.
+    fn returned_create() -> Case {
         let mut case = Case::new(sync().pending("alice", 990).build()).snapshot(
             SnapshotBuilder::new()
                 .fetched_at(at(1000))
                 .sync(12, "alice", "o365"),
         );
         case.returned_at = Some(at(995));
+        case
+    }
+
+    #[test]
+    fn pending_create_adopts_match_after_put_returned() {
+        let case = returned_create();
         let plan = case.decide();
         assert_eq!(plan.action, SyncAction::Nothing);
         assert_eq!(plan.status.sync_id, Some(12));
@@ -699,6 +721,31 @@ mod tests {
         assert_eq!(claim.sync_id, None);
         assert!(claim.pending_create.is_some());
         assert!(plan.note.is_some());
+    }
+
+    #[test]
+    fn created_sync_status_is_stable_on_next_reconcile() {
+        let mut case = returned_create();
+        let first = case.decide();
+        case.sync.status = Some(first.status.clone());
+        let second = case.decide();
+        assert_eq!(second.status, first.status);
+        assert_eq!(second.note, None);
+    }
+
+    #[test]
+    fn adopted_sync_status_is_stable_on_next_reconcile() {
+        let mut case = Case::new(sync().build()).snapshot(
+            SnapshotBuilder::new()
+                .fetched_at(at(1000))
+                .sync(4, "alice", "o365"),
+        );
+        let first = case.decide();
+        assert_eq!(first.status.sync_id, Some(4));
+        case.sync.status = Some(first.status.clone());
+        let second = case.decide();
+        assert_eq!(second.status, first.status);
+        assert_eq!(second.note, None);
     }
 
     #[test]

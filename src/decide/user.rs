@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 
-use super::{Note, Plan, age_key, display_key, keep_or_wait, ready_reason, with_ready};
+use jiff::Timestamp;
+
+use super::{
+    CREATION_GRANULARITY, Note, Plan, age_key, created_after, display_key, keep_or_wait,
+    ready_reason, waiting_for_snapshot, with_ready,
+};
 use crate::remote::{RefreshFailure, RemoteSync, Snapshot};
 use crate::resources::{CalendarUser, CalendarUserStatus, DeletionPolicy, reason};
 
@@ -22,8 +27,8 @@ pub struct UserInputs<'a> {
 pub enum UserAction {
     /// The remote user is as it should be, or this resource does not own it.
     Nothing,
-    /// No snapshot of the remote users yet: wait for the first refresh.
-    WaitForSnapshot,
+    /// Wait for a snapshot requested after this instant.
+    WaitForSnapshot { newer_than: Timestamp },
     /// Create the remote user (`PUT /users/{username}`, idempotent).
     EnsureUser,
 }
@@ -63,11 +68,27 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
         status.conditions = keep_or_wait(conditions, inputs.refresh_failure, "users", generation);
         return Plan {
             claim: None,
-            action: UserAction::WaitForSnapshot,
+            action: UserAction::WaitForSnapshot {
+                newer_than: Timestamp::UNIX_EPOCH,
+            },
             status,
             note: None,
         };
     };
+
+    // Before the first claim, only a snapshot requested after the resource appeared tells
+    // whether the user already existed (Adopted) or is created now (Provisioned).
+    let newer_than = created_after(&user.metadata);
+    if !claims && snapshot.fetched_at <= newer_than {
+        status.conditions =
+            waiting_for_snapshot(conditions, inputs.refresh_failure, "users", generation);
+        return Plan {
+            claim: None,
+            action: UserAction::WaitForSnapshot { newer_than },
+            status,
+            note: None,
+        };
+    }
 
     // The claim is persisted before any remote write, so a competitor created a moment later
     // sees it, and only the owner ever deletes the remote user.
@@ -93,11 +114,7 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
             Some(reason::ADOPTED) => reason::ADOPTED,
             _ => reason::PROVISIONED,
         };
-        let message = if reason == reason::ADOPTED {
-            format!("adopted the existing MyTimetable user {username:?}")
-        } else {
-            format!("MyTimetable user {username:?} exists")
-        };
+        let message = ready_message(username, reason);
         status.conditions = with_ready(conditions, true, reason, &message, generation);
         let note = adopted.then(|| Note::normal(reason::ADOPTED, "Adopt", message));
         return Plan {
@@ -109,13 +126,27 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
     }
 
     // Missing remotely: first creation, or removed behind the operator's back.
-    let message = format!("created MyTimetable user {username:?}");
-    status.conditions = with_ready(conditions, true, reason::PROVISIONED, &message, generation);
+    let message = ready_message(username, reason::PROVISIONED);
+    status.conditions = with_ready(conditions, true, reason::PROVISIONED, message, generation);
     Plan {
         claim,
         action: UserAction::EnsureUser,
         status,
-        note: Some(Note::normal(reason::PROVISIONED, "Create", message)),
+        note: Some(Note::normal(
+            reason::PROVISIONED,
+            "Create",
+            format!("created MyTimetable user {username:?}"),
+        )),
+    }
+}
+
+/// The Ready message of an owned user; the same on every reconcile, so that it causes no
+/// status write.
+fn ready_message(username: &str, reason: &str) -> String {
+    if reason == reason::ADOPTED {
+        format!("adopted the existing MyTimetable user {username:?}")
+    } else {
+        format!("MyTimetable user {username:?} exists")
     }
 }
 
@@ -149,8 +180,9 @@ fn owner_among_rivals<'a>(
 pub enum UserDeletion {
     /// Delete the CalendarSyncs that reference this user and wait until they are gone.
     DeleteSyncs { remaining: usize },
-    /// No snapshot yet to check the remote user's synchronizations against.
-    WaitForSnapshot,
+    /// Wait for a snapshot requested after this instant, to check the remote user's
+    /// synchronizations against.
+    WaitForSnapshot { newer_than: Timestamp },
     /// The remote user still has synchronizations that no resource declares; deleting it
     /// would unlink them with a mode nobody chose.
     Blocked { undeclared: Vec<RemoteSync> },
@@ -202,10 +234,20 @@ pub fn decide_user_deletion(
         };
     }
 
-    let Some(snapshot) = inputs.snapshot else {
+    // A synchronization created remotely just before the deletion must block it, so only a
+    // snapshot requested after the deletion started can clear the way.
+    let newer_than = user
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(Timestamp::UNIX_EPOCH, |t| t.0 + CREATION_GRANULARITY);
+    let fresh = inputs
+        .snapshot
+        .filter(|snapshot| snapshot.fetched_at > newer_than);
+    let Some(snapshot) = fresh else {
         return Plan {
             claim: None,
-            action: UserDeletion::WaitForSnapshot,
+            action: UserDeletion::WaitForSnapshot { newer_than },
             status: CalendarUserStatus {
                 observed_generation: generation,
                 conditions: keep_or_wait(
@@ -347,7 +389,7 @@ mod tests {
             .ready(reason::PROVISIONED)
             .build();
         let plan = decide(&user, &[], None);
-        assert_eq!(plan.action, UserAction::WaitForSnapshot);
+        assert!(matches!(plan.action, UserAction::WaitForSnapshot { .. }));
         assert_eq!(Some(plan.status), user.status);
     }
 
@@ -365,7 +407,7 @@ mod tests {
             snapshot: None,
             refresh_failure: Some(&failure),
         });
-        assert_eq!(plan.action, UserAction::WaitForSnapshot);
+        assert!(matches!(plan.action, UserAction::WaitForSnapshot { .. }));
         assert_eq!(ready_reason_of(&plan.status), Some(reason::UNAUTHORIZED));
     }
 
@@ -511,12 +553,55 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_older_than_user_delays_first_claim() {
+        let user = UserBuilder::new("ns", "alice", "alice")
+            .created_at(1000)
+            .build();
+        let snapshot = SnapshotBuilder::new()
+            .fetched_at(crate::decide::fixtures::at(1000))
+            .build();
+        let plan = decide(&user, &[], Some(&snapshot));
+        assert!(matches!(plan.action, UserAction::WaitForSnapshot { .. }));
+        assert_eq!(plan.claim, None);
+    }
+
+    #[test]
+    fn created_user_status_is_stable_on_next_reconcile() {
+        let mut user = UserBuilder::new("ns", "alice", "alice").build();
+        let first = decide(&user, &[], Some(&SnapshotBuilder::new().build()));
+        assert_eq!(first.action, UserAction::EnsureUser);
+        user.status = Some(first.status.clone());
+        let second = decide(
+            &user,
+            &[],
+            Some(&SnapshotBuilder::new().user("alice").build()),
+        );
+        assert_eq!(second.action, UserAction::Nothing);
+        assert_eq!(second.status, first.status);
+        assert_eq!(second.note, None);
+    }
+
+    #[test]
+    fn snapshot_older_than_deletion_delays_remote_delete() {
+        let user = UserBuilder::new("ns", "alice", "alice")
+            .owned()
+            .deleting()
+            .build();
+        let snapshot = SnapshotBuilder::new()
+            .fetched_at(crate::decide::fixtures::at(500))
+            .user("alice")
+            .build();
+        let plan = decide_deletion(&user, Some(&snapshot), 0);
+        assert!(matches!(plan.action, UserDeletion::WaitForSnapshot { .. }));
+    }
+
+    #[test]
     fn deletion_without_snapshot_waits() {
         let user = UserBuilder::new("ns", "alice", "alice")
             .owned()
             .deleting()
             .build();
         let plan = decide_deletion(&user, None, 0);
-        assert_eq!(plan.action, UserDeletion::WaitForSnapshot);
+        assert!(matches!(plan.action, UserDeletion::WaitForSnapshot { .. }));
     }
 }

@@ -357,7 +357,11 @@ fn trigger_concerned(ctx: &Context, snapshot: &Arc<Snapshot>) {
                 snapshot: Some(snapshot),
                 refresh_failure: None,
             });
-            plan.action != UserAction::Nothing
+            let progress = !matches!(
+                plan.action,
+                UserAction::Nothing | UserAction::WaitForSnapshot { .. }
+            );
+            progress
                 || plan.claim.is_some()
                 || status_differs::<CalendarUser>(&user.current_status(), &plan.status)
         };

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
-use crate::decide::{Note, Settings, conditions_differ, with_ready};
+use crate::decide::{Note, Settings, conditions_differ, failure_note, with_ready};
 use crate::mytimetable;
 use crate::remote::RemoteView;
 use crate::resources::{
@@ -108,23 +108,17 @@ impl Context {
     }
 }
 
-/// The Ready condition and event for a failed MyTimetable request.
-///
-/// The event is emitted only when the condition changes, so that retries of the same failure
-/// do not flood the namespace with events.
+/// Returns the conditions with Ready reporting a failed MyTimetable request.
 pub(crate) fn failure_condition(
     conditions: &[Condition],
     error: &mytimetable::Error,
     generation: Option<i64>,
-) -> (Vec<Condition>, Option<Note>) {
-    let (reason, message) = match error {
-        mytimetable::Error::Unauthorized => (reason::UNAUTHORIZED, error.to_string()),
-        _ => (reason::API_ERROR, error.to_string()),
+) -> Vec<Condition> {
+    let reason = match error {
+        mytimetable::Error::Unauthorized => reason::UNAUTHORIZED,
+        _ => reason::API_ERROR,
     };
-    let updated = with_ready(conditions, false, reason, &message, generation);
-    let changed = crate::decide::conditions_differ(conditions, &updated);
-    let note = changed.then(|| Note::warning(reason, "Reconcile", message));
-    (updated, note)
+    with_ready(conditions, false, reason, error.to_string(), generation)
 }
 
 /// A resource kind the controller reconciles, with the parts of its status that the shared
@@ -202,15 +196,23 @@ impl Managed for CalendarSync {
 
 /// Writes the status when it differs from the current one in more than condition
 /// transition times, and returns the object as it is now.
+///
+/// A Ready condition that newly reports a failure also becomes a warning event.
 pub(crate) async fn write_status<K: Managed>(
     api: &Api<K>,
     object: K,
     status: &K::Status,
+    ctx: &Context,
 ) -> Result<K, Error> {
-    if !status_differs::<K>(&object.current_status(), status) {
+    let current = object.current_status();
+    if !status_differs::<K>(&current, status) {
         return Ok(object);
     }
-    patch::replace_status(api, &object, status).await
+    let object = patch::replace_status(api, &object, status).await?;
+    if let Some(note) = failure_note(K::conditions(&current), K::conditions(status)) {
+        ctx.publish(&object, &note).await;
+    }
+    Ok(object)
 }
 
 /// Returns whether two statuses differ in more than condition transition times.
@@ -234,12 +236,9 @@ pub(crate) async fn report_failure<K: Managed>(
     error: mytimetable::Error,
 ) -> Result<Action, Error> {
     let generation = object.meta().generation;
-    let (conditions, note) = failure_condition(K::conditions(&status), &error, generation);
+    let conditions = failure_condition(K::conditions(&status), &error, generation);
     let status = K::with_conditions(status, conditions, generation);
-    let object = write_status(api, object, &status).await?;
-    if let Some(note) = &note {
-        ctx.publish(&object, note).await;
-    }
+    let object = write_status(api, object, &status, ctx).await?;
     if error.is_transient() || matches!(error, mytimetable::Error::Unauthorized) {
         return Err(Error::MyTimetable(error));
     }

@@ -142,7 +142,7 @@ async fn apply(
         SyncAction::Nothing => {}
         SyncAction::WaitForSnapshot { newer_than } => {
             ctx.view.request_refresh(*newer_than);
-            let sync = write_status(api, sync, &plan.status).await?;
+            let sync = write_status(api, sync, &plan.status, ctx).await?;
             if let Some(note) = &plan.note {
                 ctx.publish(&sync, note).await;
             }
@@ -160,7 +160,7 @@ async fn apply(
                 .claim
                 .as_ref()
                 .expect("a create always comes with its claim");
-            sync = write_status(api, sync, claim).await?;
+            sync = write_status(api, sync, claim, ctx).await?;
             let since = claim
                 .pending_create
                 .as_ref()
@@ -177,7 +177,7 @@ async fn apply(
             ctx.memory.create_returned(&uid, since, returned);
             ctx.view.request_refresh(returned);
             tracing::info!(sync = %key_of(&sync), %username, %type_, "Requested MyTimetable synchronization");
-            let sync = write_status(api, sync, &plan.status).await?;
+            let sync = write_status(api, sync, &plan.status, ctx).await?;
             if let Some(note) = &plan.note {
                 ctx.publish(&sync, note).await;
             }
@@ -186,7 +186,7 @@ async fn apply(
     }
 
     let adopted = plan.status.sync_id.is_some() && plan.status.sync_id != status.sync_id;
-    let sync = write_status(api, sync, &plan.status).await?;
+    let sync = write_status(api, sync, &plan.status, ctx).await?;
     if adopted {
         tracing::info!(sync = %key_of(&sync), id = plan.status.sync_id, "Recorded MyTimetable synchronization");
     }
@@ -206,7 +206,7 @@ async fn cleanup(
     }
     let observed = Observed::gather(&sync, ctx);
     let plan = decide_sync_deletion(&observed.inputs(&sync, ctx));
-    let sync = write_status(api, sync, &plan.status).await?;
+    let sync = write_status(api, sync, &plan.status, ctx).await?;
 
     match plan.action {
         SyncDeletion::WaitForSnapshot { newer_than } => {

@@ -13,8 +13,8 @@ use super::{Context, Error, Managed, key_of, report_failure, uid_of, write_statu
 use crate::decide::{UserAction, UserDeletion, UserInputs, decide_user, decide_user_deletion};
 use crate::resources::{CalendarSync, CalendarUser};
 
-/// How soon a deletion that waits for something outside its own watch events looks again.
-const DELETION_POLL: Duration = Duration::from_secs(5);
+/// How soon a reconcile that waits for something outside its own watch events looks again.
+const POLL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(user: Arc<CalendarUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<CalendarUser> =
@@ -57,15 +57,16 @@ async fn apply(
 
     // Ownership is recorded before the remote write.
     if let Some(claim) = &plan.claim {
-        user = write_status(api, user, claim).await?;
+        user = write_status(api, user, claim, ctx).await?;
     }
 
     match plan.action {
         UserAction::Nothing => {}
-        UserAction::WaitForSnapshot => {
-            write_status(api, user, &plan.status).await?;
-            // The first snapshot triggers every object that needs it.
-            return Ok(Action::requeue(ctx.resync_interval));
+        UserAction::WaitForSnapshot { newer_than } => {
+            ctx.view.request_refresh(newer_than);
+            write_status(api, user, &plan.status, ctx).await?;
+            // The snapshot triggers this reconcile; the requeue covers a refresh failure.
+            return Ok(Action::requeue(POLL));
         }
         UserAction::EnsureUser => {
             let username = user.spec.username.clone();
@@ -78,7 +79,7 @@ async fn apply(
         }
     }
 
-    let user = write_status(api, user, &plan.status).await?;
+    let user = write_status(api, user, &plan.status, ctx).await?;
     if let Some(note) = &plan.note {
         ctx.publish(&user, note).await;
     }
@@ -106,7 +107,7 @@ async fn cleanup(
         },
         referencing.len(),
     );
-    let user = write_status(api, user, &plan.status).await?;
+    let user = write_status(api, user, &plan.status, ctx).await?;
 
     match plan.action {
         UserDeletion::DeleteSyncs { remaining } => {
@@ -129,11 +130,11 @@ async fn cleanup(
                 }
             }
             tracing::info!(user = %key_of(&user), remaining, "Waiting for CalendarSyncs to be deleted");
-            Ok(Action::requeue(DELETION_POLL))
+            Ok(Action::requeue(POLL))
         }
-        UserDeletion::WaitForSnapshot => {
-            ctx.view.request_refresh(jiff::Timestamp::UNIX_EPOCH);
-            Ok(Action::requeue(DELETION_POLL))
+        UserDeletion::WaitForSnapshot { newer_than } => {
+            ctx.view.request_refresh(newer_than);
+            Ok(Action::requeue(POLL))
         }
         UserDeletion::Blocked { undeclared } => {
             if let Some(note) = &plan.note {
