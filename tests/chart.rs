@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use calsync_operator::config::{LogFormat, RunConfig, TokenSource};
 use calsync_operator::testenv::{ControlPlane, SKIP_CONTROL_PLANE_ENV, TestNamespace};
+use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
@@ -479,6 +481,93 @@ fn representative_values_reach_flags() {
         "--shutdown-grace-period=1m",
     ];
     assert_eq!(args(&objects), expected);
+}
+
+/// The `run` subcommand's flags on their own, to parse the chart's container args with the
+/// same clap definition as the binary.
+#[derive(Parser, Debug)]
+struct RunCommand {
+    #[command(flatten)]
+    config: RunConfig,
+}
+
+/// Parses the rendered container args as `calsync-operator run` does and validates them.
+fn parse_run_args(objects: &[Value]) -> RunConfig {
+    let args = args(objects);
+    assert_eq!(args[0], "run", "the container must run the run subcommand");
+    let argv = std::iter::once("calsync-operator-run".to_string()).chain(args[1..].iter().cloned());
+    let config = RunCommand::try_parse_from(argv)
+        .unwrap_or_else(|error| {
+            panic!("calsync-operator run rejects the chart's args {args:?}: {error}")
+        })
+        .config;
+    if let Err(error) = config.validate() {
+        panic!("calsync-operator run rejects the chart's args {args:?}: {error}");
+    }
+    config
+}
+
+#[test]
+fn run_accepts_default_args() {
+    let config = parse_run_args(&template_defaults());
+    assert_eq!(
+        config.token_source().unwrap(),
+        TokenSource::Secret {
+            namespace: "calsync-system".to_string(),
+            name: "mytimetable-token".to_string(),
+            key: "token".to_string(),
+        }
+    );
+    assert_eq!(config.mytimetable_url.as_str(), URL);
+    assert_eq!(config.leader_election, Some(true));
+    assert_eq!(config.lease_namespace.as_deref(), Some("calsync-system"));
+    assert_eq!(config.resync_interval, std::time::Duration::from_secs(300));
+    assert_eq!(config.http_listen.port(), 8080);
+    assert_eq!(config.namespaces, Vec::<String>::new());
+}
+
+#[test]
+fn run_accepts_representative_args() {
+    let config = parse_run_args(&template_representative());
+    assert_eq!(config.namespaces, ["faculty-science", "faculty-humanities"]);
+    assert_eq!(
+        config.label_selector.as_deref(),
+        Some("calsync.dev/instance=main")
+    );
+    assert_eq!(config.resync_interval, std::time::Duration::from_secs(600));
+    assert_eq!(config.request_timeout, std::time::Duration::from_secs(20));
+    assert_eq!(
+        config.shutdown_grace_period,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(config.requests_per_second, 5);
+    assert_eq!(config.max_concurrent_requests, 4);
+    assert_eq!(config.max_concurrent_reconciles, 8);
+    assert_eq!(config.http_listen.port(), 9090);
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert_eq!(config.lease_name, "calsync-operator-main");
+    assert_eq!(
+        config.ca_bundle.as_deref(),
+        Some(Path::new("/etc/calsync-operator/ca/ca.pem"))
+    );
+}
+
+#[test]
+fn run_accepts_file_token_args() {
+    let objects = template(&[
+        "--set",
+        &format!("mytimetable.url={URL}"),
+        "--set",
+        "token.source=file",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    let config = parse_run_args(&objects);
+    assert_eq!(
+        config.token_source().unwrap(),
+        TokenSource::File(PathBuf::from("/var/run/secrets/calsync.dev/token/token"))
+    );
+    assert_eq!(config.leader_election, Some(false));
 }
 
 #[test]
