@@ -978,13 +978,13 @@ fn readme_lists_every_value() {
 }
 
 /// Runs a command to completion and panics with its output when it fails.
-fn run_ok(mut command: Command, what: &str) -> String {
+fn run_ok(mut command: Command, description: &str) -> String {
     let output = command
         .output()
-        .unwrap_or_else(|error| panic!("failed to run {what}: {error}"));
+        .unwrap_or_else(|error| panic!("failed to run {description}: {error}"));
     assert!(
         output.status.success(),
-        "{what} failed ({}):\n{}{}",
+        "{description} failed ({}):\n{}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)

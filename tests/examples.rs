@@ -19,7 +19,7 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
 
-/// The files that examples/kustomization.yaml lists under `resources`.
+/// Returns the files that examples/kustomization.yaml lists under `resources`.
 fn kustomization_resources() -> Vec<String> {
     let path = examples_dir().join("kustomization.yaml");
     let kustomization: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap())
@@ -32,7 +32,7 @@ fn kustomization_resources() -> Vec<String> {
         .collect()
 }
 
-/// Every object of every file the kustomization lists, in order.
+/// Returns every object of every file the kustomization lists, in order.
 fn example_objects() -> Vec<Value> {
     let mut objects = Vec::new();
     for file in kustomization_resources() {
@@ -46,8 +46,8 @@ fn example_objects() -> Vec<Value> {
     objects
 }
 
-/// Fails when `original` has a field, at any depth, that `typed` lacks or holds with
-/// another value: the typed resource dropped a misspelled or unknown field.
+/// Fails when `original` has a field, at any depth, that `typed` lacks or has with another
+/// value, because the typed resource dropped a misspelled or unknown field.
 fn assert_fields_known(original: &Value, typed: &Value, path: &str) {
     match (original, typed) {
         (Value::Object(original), Value::Object(typed)) => {
@@ -87,7 +87,7 @@ fn typed<T: DeserializeOwned + serde::Serialize>(objects: &[Value], kind: &str) 
         .collect()
 }
 
-/// Every unlink mode, written so that a new variant fails to compile here until the
+/// Returns every unlink mode. The match makes a new variant fail to compile here until the
 /// examples cover it.
 fn all_unlink_modes() -> Vec<UnlinkMode> {
     let modes = [
