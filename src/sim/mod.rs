@@ -126,8 +126,9 @@ pub enum Error {
 /// Entry point: `Simulator::start(addr, config)`.
 pub struct Simulator;
 
-/// A simulator serving on a loopback port. Dropping it without calling
-/// [`RunningSimulator::shutdown`] stops serving but skips the final state-file write.
+/// A running simulator. Dropping it stops serving in the background, and
+/// [`RunningSimulator::shutdown`] also waits until the connections are closed and the last
+/// state-file write is done.
 pub struct RunningSimulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
