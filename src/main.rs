@@ -93,7 +93,11 @@ fn init_tracing(config: &RunConfig) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&config.log_level)
             .with_context(|| format!("invalid --log-level {:?}", config.log_level))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal, so that log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match config.log_format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),

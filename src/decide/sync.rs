@@ -254,7 +254,7 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
     };
     status.pending_create = Some(PendingCreate {
         username: username.clone(),
-        since: Time(inputs.now),
+        since: Time(whole_second_after(inputs.now)),
     });
     status.conditions = with_ready(conditions, false, reason::RECONCILING, &what, generation);
     Plan {
@@ -277,6 +277,13 @@ fn ready_message(id: i64, reason: &str) -> String {
     } else {
         format!("MyTimetable synchronization {id} exists")
     }
+}
+
+/// Rounds up to a whole second. The API server stores timestamps in whole seconds, so the
+/// recorded `since` reads back exactly as written and is never earlier than the create.
+fn whole_second_after(now: Timestamp) -> Timestamp {
+    let rounded_up = now.as_second() + i64::from(now.subsec_nanosecond() > 0);
+    Timestamp::from_second(rounded_up).unwrap_or(now)
 }
 
 /// Returns whether a competitor records `id` as its synchronization.
@@ -563,6 +570,22 @@ mod tests {
         assert_eq!(pending.username, "alice");
         assert_eq!(pending.since.0, at(1000));
         assert_eq!(claim.username.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn pending_since_is_whole_second_not_before_now() {
+        let mut case = Case::new(sync().build());
+        case.now = at(1000) + SignedDuration::from_millis(250);
+        let plan = case.decide();
+        let since = plan
+            .claim
+            .and_then(|c| c.pending_create)
+            .expect("pending")
+            .since;
+        assert_eq!(since.0, at(1001));
+        let json = serde_json::to_value(&since).expect("json");
+        let read_back: Time = serde_json::from_value(json).expect("time");
+        assert_eq!(read_back, since);
     }
 
     #[test]

@@ -260,15 +260,19 @@ pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: Arc<Context>,
 ) -> Action {
     let uid = object.meta().uid.clone().unwrap_or_default();
-    let delay = match error {
-        // A newer version is on its way through the watch; retry soon.
-        Error::Stale => Duration::from_millis(500),
-        _ => ctx.memory.failed(&uid),
-    };
+    let kind = K::kind(&());
+    let namespace = object.meta().namespace.as_deref().unwrap_or("");
+    let name = object.meta().name.as_deref().unwrap_or("");
+    if let Error::Stale = error {
+        // A newer version is on its way through the watch: an expected race, retried soon.
+        tracing::debug!(%kind, namespace, name, "Object changed since it was read; retrying");
+        return Action::requeue(Duration::from_millis(500));
+    }
+    let delay = ctx.memory.failed(&uid);
     tracing::warn!(
-        kind = K::kind(&Default::default()).as_ref(),
-        namespace = object.meta().namespace.as_deref().unwrap_or(""),
-        name = object.meta().name.as_deref().unwrap_or(""),
+        %kind,
+        namespace,
+        name,
         error = %error,
         error_kind = error.metric_label(),
         retry_in_ms = delay.as_millis() as u64,

@@ -42,6 +42,30 @@ struct Cli {
     run: RunConfig,
 }
 
+/// Parses `calsync-operator run` flags; the first argument is the program name.
+pub fn run_config(args: Vec<String>) -> RunConfig {
+    Cli::try_parse_from(args).expect("valid test flags").run
+}
+
+/// Starts the controller in process; cancel the token to stop it.
+pub async fn spawn_controller(config: RunConfig) -> (CancellationToken, JoinHandle<()>) {
+    let runtime = Runtime::new(config, ControlPlane::shared().client().await, None)
+        .expect("the controller starts");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { runtime.run(token).await });
+    (shutdown, task)
+}
+
+/// Returns a MyTimetable client of the test itself for the simulator.
+pub fn sim_client(sim: &RunningSimulator) -> calsync_operator::mytimetable::Client {
+    let config = calsync_operator::mytimetable::ClientConfig::new(
+        sim.base_url(),
+        calsync_operator::mytimetable::Token::new(TOKEN),
+    );
+    calsync_operator::mytimetable::Client::new(config).expect("client")
+}
+
 /// One test's world: namespaces, a simulator, a token file and the controller.
 pub struct Harness {
     pub client: kube::Client,
@@ -113,18 +137,13 @@ impl Harness {
             "--requests-per-second=200".to_string(),
         ];
         args.extend(self.flags.iter().cloned());
-        Cli::try_parse_from(args).expect("valid test flags").run
+        run_config(args)
     }
 
     /// Starts the controller in process with [`Harness::config`].
     pub async fn start_controller(&mut self) {
         assert!(self.controller.is_none(), "the controller already runs");
-        let runtime = Runtime::new(self.config(), ControlPlane::shared().client().await, None)
-            .expect("the controller starts");
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { runtime.run(token).await });
-        self.controller = Some((shutdown, task));
+        self.controller = Some(spawn_controller(self.config()).await);
     }
 
     /// Stops the controller and waits until its reconciles finished.
@@ -185,11 +204,7 @@ impl Harness {
 
     /// A MyTimetable client of the test itself, for arranging remote state.
     pub fn sim_client(&self) -> calsync_operator::mytimetable::Client {
-        let config = calsync_operator::mytimetable::ClientConfig::new(
-            self.sim.base_url(),
-            calsync_operator::mytimetable::Token::new(TOKEN),
-        );
-        calsync_operator::mytimetable::Client::new(config).expect("client")
+        sim_client(&self.sim)
     }
 
     pub async fn shutdown(mut self) {
