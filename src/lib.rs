@@ -3,10 +3,13 @@
 
 pub mod config;
 pub mod decide;
+pub mod http;
+pub mod leader;
 pub mod mytimetable;
 pub mod remote;
 pub mod resources;
 pub mod sim;
+pub mod telemetry;
 pub mod testenv;
 
 /// Installs rustls' `ring` crypto provider as the process default, which kube and reqwest
