@@ -26,6 +26,9 @@ pub enum ConfigError {
     /// A count flag was zero.
     #[error("invalid {flag} 0: must be at least 1")]
     Zero { flag: &'static str },
+    /// The leader-election durations are not ordered.
+    #[error(transparent)]
+    LeaseTiming(#[from] crate::leader::Error),
     /// The CA bundle could not be read.
     #[error("reading --ca-bundle {path:?} failed")]
     CaBundle {
@@ -153,6 +156,21 @@ pub struct RunConfig {
     #[arg(long, env = "CALSYNC_LEASE_NAMESPACE", value_name = "NS")]
     pub lease_namespace: Option<String>,
 
+    /// How long another replica waits for an unchanged leader-election Lease before it takes
+    /// over (for example 15s). A crashed leader blocks its successor this long.
+    #[arg(long, env = "CALSYNC_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps reconciling without a successful renewal of the Lease; must
+    /// be shorter than --lease-duration.
+    #[arg(long, env = "CALSYNC_LEASE_RENEW_DEADLINE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_deadline: Duration,
+
+    /// Time between two attempts to take or renew the Lease; must be shorter than
+    /// --lease-renew-deadline.
+    #[arg(long, env = "CALSYNC_LEASE_RETRY_PERIOD", value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_period: Duration,
+
     /// Log line format.
     #[arg(long, env = "CALSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -206,7 +224,17 @@ impl RunConfig {
                 return Err(ConfigError::Zero { flag });
             }
         }
+        self.lease_timing().validate()?;
         Ok(())
+    }
+
+    /// Returns the leader-election durations.
+    pub fn lease_timing(&self) -> crate::leader::LeaseTiming {
+        crate::leader::LeaseTiming {
+            lease_duration: self.lease_duration,
+            renew_deadline: self.lease_renew_deadline,
+            retry_period: self.lease_retry_period,
+        }
     }
 
     /// Returns the one configured token source.
@@ -410,6 +438,21 @@ mod tests {
         let error = config.validate().expect_err("zero");
         assert!(
             error.to_string().contains("--max-concurrent-reconciles"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn lease_timing_defaults_and_order() {
+        let config = parse(&[URL, "--token-file=/t"]).expect("valid");
+        assert_eq!(config.lease_timing(), crate::leader::LeaseTiming::default());
+        let config =
+            parse(&[URL, "--token-file=/t", "--lease-renew-deadline=20s"]).expect("parses");
+        let error = config
+            .validate()
+            .expect_err("renew deadline above lease duration");
+        assert!(
+            error.to_string().contains("--lease-renew-deadline"),
             "{error}"
         );
     }

@@ -5,8 +5,8 @@
 //! Every write to the Lease is a replace carrying the resourceVersion that the decision was
 //! made from, so two replicas can never both take it: the second write fails with a
 //! conflict. A candidate takes a Lease held by another replica only after the Lease's record
-//! stayed unchanged for its `leaseDurationSeconds`, measured on the candidate's own clock from
-//! when it first saw that record; clocks of different nodes are never compared. The holder
+//! stayed unchanged for its `leaseDurationSeconds`. The candidate measures that on its own
+//! clock from when it first saw the record, so clocks of different nodes are never compared. The holder
 //! stops its work when no renewal succeeded within the renew deadline, counted from when the
 //! last successful renewal was sent. Because the renew deadline is shorter than the lease
 //! duration, the holder has stopped before any candidate may take over, provided the clocks
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Telemetry;
 
-/// How long a release of the Lease may take at shutdown. When the API server does not answer
+/// How long a release of the Lease may take at shutdown. When the API server does not respond
 /// in time the Lease expires on its own, and shutdown is not held up for it.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,8 +69,8 @@ pub struct LeaseTiming {
 
 impl Default for LeaseTiming {
     /// 15 s, 10 s and 2 s, the defaults of client-go and controller-runtime. A crash stops
-    /// reconciling for at most about 15 s; the holder gets five attempts to renew before it
-    /// gives up; and the 5 s between renew deadline and lease duration cover dropping the
+    /// reconciling for at most about 15 s. The holder gets five attempts to renew before it
+    /// gives up. The 5 s between renew deadline and lease duration cover dropping the
     /// in-flight reconciles and differences in clock rate.
     fn default() -> Self {
         LeaseTiming {
@@ -106,7 +106,7 @@ impl LeaseTiming {
     }
 }
 
-/// Which Lease to hold, as whom, and how.
+/// The Lease to hold, the identity to hold it as, and the durations.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
     pub name: String,
@@ -133,7 +133,7 @@ pub fn default_identity() -> String {
     format!("{base}_{:08x}", rand::rng().random::<u32>())
 }
 
-/// How a run of [`Elector::run`] or [`run_unelected`] ended.
+/// The end of a run of [`Elector::run`] or [`run_unelected`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
     /// Shutdown was requested and the work finished, or was abandoned after the grace
@@ -150,7 +150,7 @@ enum Write {
     Take,
 }
 
-// How one term of leading ended.
+// The end of one term of leading.
 enum Term {
     Finished,
     Abandoned,
@@ -188,7 +188,7 @@ impl Elector {
     /// the Lease, until `shutdown` is cancelled.
     ///
     /// On shutdown, `stop` is cancelled and the work has `grace` to finish before it is
-    /// dropped; then the Lease is released so that a successor takes over at once. When a
+    /// dropped. Then the Lease is released, so that a successor takes over at once. When a
     /// renewal fails past the renew deadline, or another replica took the Lease, the work is
     /// dropped at once and this replica becomes a candidate again.
     pub async fn run<L, LF, F, FF>(
@@ -525,7 +525,7 @@ where
 }
 
 // Runs the work of one term until it finishes, leadership is lost, or the grace period after
-// shutdown ran out; the work is dropped before this returns.
+// shutdown ran out. The work is dropped before this returns.
 async fn supervise(
     work: impl Future<Output = ()>,
     lost: impl Future<Output = ()>,

@@ -6,6 +6,7 @@ pub mod decide;
 pub mod http;
 pub mod leader;
 pub mod mytimetable;
+pub mod operator;
 pub mod remote;
 pub mod resources;
 pub mod sim;

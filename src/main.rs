@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use calsync_operator::config::{LogFormat, RunConfig};
+use calsync_operator::config::RunConfig;
 use calsync_operator::reconcile::Runtime;
-use calsync_operator::resources;
+use calsync_operator::{operator, resources, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator that provisions MyTimetable calendar synchronizations from
@@ -70,39 +70,24 @@ fn print_crds(output_dir: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn run(config: RunConfig) -> anyhow::Result<()> {
-    init_tracing(&config)?;
+    telemetry::init_logging(config.log_format, &config.log_level)?;
     calsync_operator::install_rustls_provider();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async {
         let runtime = Runtime::from_config(config, None).await?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "Starting calsync-operator"
+        );
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        runtime.run(shutdown).await;
-        Ok(())
-    })
-}
-
-/// Sets up logging: `RUST_LOG` when set, else `--log-level`, in the `--log-format`.
-fn init_tracing(config: &RunConfig) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.is_empty() => {
-            EnvFilter::try_new(&value).with_context(|| format!("invalid RUST_LOG {value:?}"))?
+        let result = operator::run(runtime, shutdown).await;
+        match &result {
+            Ok(()) => tracing::info!("Stopped calsync-operator"),
+            Err(error) => tracing::error!(%error, "calsync-operator failed"),
         }
-        _ => EnvFilter::try_new(&config.log_level)
-            .with_context(|| format!("invalid --log-level {:?}", config.log_level))?,
-    };
-    // Colours only on a terminal, so that log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+        Ok(result?)
+    })
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -54,7 +54,7 @@ pub(super) async fn list_user_synchronizations(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    // Later MyTimetable versions answer 404 for a user that does not exist.
+    // Later MyTimetable versions return 404 for a user that does not exist.
     if !entry.snapshot.has_user(&username) {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -117,7 +117,7 @@ fn unavailable(message: &str) -> Response {
     response
 }
 
-// Sends the body, or 304 when the client holds it already. `Age` is the time since the
+// Sends the body, or 304 when the client has it already. `Age` is the time since the
 // snapshot's lists were requested from MyTimetable, the origin this process caches.
 fn respond(request: &HeaderMap, entry: &Entry, rendered: Rendered) -> Response {
     let age = age_of(entry.snapshot.fetched_at).as_secs();
@@ -141,7 +141,8 @@ fn respond(request: &HeaderMap, entry: &Entry, rendered: Rendered) -> Response {
 }
 
 /// Returns whether an `If-None-Match` header matches `etag`: `*`, or one of the listed tags
-/// by weak comparison (a `W/` prefix is ignored), as RFC 9110 section 13.1.2 requires.
+/// by weak comparison (a `W/` prefix is ignored), the comparison HTTP specifies for
+/// `If-None-Match`.
 fn if_none_match(request: &HeaderMap, etag: &str) -> bool {
     request
         .get_all(header::IF_NONE_MATCH)

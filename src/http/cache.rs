@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use crate::remote::{Ownership, RemoteSync, RemoteView, Snapshot};
 use crate::telemetry::RemoteCounts;
 
-/// Which entries of a list a request asks for.
+/// The entries of a list that a request selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     All,

@@ -17,8 +17,9 @@
 //! snapshot and filter and shared by every request.
 //!
 //! Errors carry a JSON body `{"message": ...}`: 400 for an invalid filter, 404 for an unknown
-//! path, 405 with `Allow` for a method other than GET or HEAD, and 503 with `Retry-After`
-//! before the remote view (or, for a filter, the resource watches) loaded.
+//! path, and 405 with `Allow` for a method other than GET or HEAD. Before the remote view
+//! loaded, the API returns 503 with `Retry-After`, and so do the filters before the resource
+//! watches delivered their initial lists.
 
 mod api;
 mod cache;
@@ -56,7 +57,7 @@ pub enum Error {
     Serve(#[source] std::io::Error),
 }
 
-/// What the handlers read.
+/// The state shared by the handlers.
 pub struct HttpState {
     cache: cache::Cache,
     telemetry: Telemetry,

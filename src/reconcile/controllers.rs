@@ -18,12 +18,14 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use super::observe::{Kind, observed};
 use super::{Context, Index, Managed, Memory, error_policy, status_differs, sync, user};
 use crate::config::{ConfigError, RunConfig, TokenSource};
 use crate::decide::{Settings, SyncAction, UserAction, UserInputs, decide_sync, decide_user};
 use crate::mytimetable::{self, ClientConfig, ClientMetrics, Token, token};
 use crate::remote::{RemoteView, Snapshot, ViewConfig};
 use crate::resources::{CalendarSync, CalendarUser};
+use crate::telemetry::{HealthConfig, Telemetry};
 
 /// How often the ownership index is published to the remote view when it changed.
 const OWNERSHIP_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,6 +59,8 @@ pub struct Runtime {
     pub mytimetable: mytimetable::Client,
     pub token: Token,
     pub view: RemoteView,
+    /// Metrics and health signals, which the HTTP server reads.
+    pub telemetry: Telemetry,
 }
 
 impl Runtime {
@@ -89,7 +93,9 @@ impl Runtime {
         Runtime::new(config, kube, metrics)
     }
 
-    /// Builds the runtime around an existing Kubernetes client.
+    /// Builds the runtime around an existing Kubernetes client. The MyTimetable client
+    /// counts its requests in `metrics`, or in new families when None; either way they are
+    /// registered in [`Runtime::telemetry`].
     pub fn new(
         config: RunConfig,
         kube: kube::Client,
@@ -107,7 +113,9 @@ impl Runtime {
         client_config.request_timeout = config.request_timeout;
         client_config.requests_per_second = config.requests_per_second;
         client_config.max_concurrent_requests = config.max_concurrent_requests;
-        client_config.metrics = metrics;
+        let health = HealthConfig::for_run(&config, config.lease_duration);
+        let telemetry = Telemetry::with_client_metrics(health, metrics.unwrap_or_default());
+        client_config.metrics = Some(telemetry.client_metrics.clone());
         let mytimetable = mytimetable::Client::new(client_config)?;
         let view = RemoteView::new(
             Arc::new(mytimetable.clone()),
@@ -119,6 +127,7 @@ impl Runtime {
             mytimetable,
             token,
             view,
+            telemetry,
         })
     }
 
@@ -181,6 +190,7 @@ impl Runtime {
             memory: Memory::default(),
             user_triggers,
             sync_triggers,
+            telemetry: self.telemetry.clone(),
         });
 
         // The watches fill the caches and the indexes, and turn each event into the
@@ -190,6 +200,9 @@ impl Runtime {
             watch_events::<CalendarUser>(&self.kube, config)
                 .reflect(users_writer)
                 .for_each(move |event| {
+                    ctx.telemetry
+                        .health
+                        .observe_watch(CalendarUser::KIND, &event);
                     if let Ok(event) = event {
                         dispatch(&ctx, ctx.index.user_event(&event));
                     }
@@ -201,6 +214,9 @@ impl Runtime {
             watch_events::<CalendarSync>(&self.kube, config)
                 .reflect(syncs_writer)
                 .for_each(move |event| {
+                    ctx.telemetry
+                        .health
+                        .observe_watch(CalendarSync::KIND, &event);
                     if let Ok(event) = event {
                         dispatch(&ctx, ctx.index.sync_event(&event));
                     }
@@ -214,13 +230,21 @@ impl Runtime {
             .with_config(concurrency.clone())
             .reconcile_on(user_requests)
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(user::reconcile, error_policy, ctx.clone())
+            .run(
+                |object, ctx| observed(object, ctx, user::reconcile),
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(log_result);
         let sync_controller = Controller::for_stream(stream::pending(), syncs)
             .with_config(concurrency)
             .reconcile_on(sync_requests)
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(sync::reconcile, error_policy, ctx.clone())
+            .run(
+                |object, ctx| observed(object, ctx, sync::reconcile),
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(log_result);
 
         tracing::info!(
@@ -231,10 +255,11 @@ impl Runtime {
         let watches = async {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = user_watch => {}
-                () = sync_watch => {}
+                // A watch stream ends only on a bug; liveness then restarts the process.
+                () = user_watch => ctx.telemetry.health.watch_ended(CalendarUser::KIND),
+                () = sync_watch => ctx.telemetry.health.watch_ended(CalendarSync::KIND),
                 () = trigger_on_refresh(&ctx) => {}
-                () = publish_ownership(&ctx) => {}
+                () = publish_ownership(&ctx.index, &ctx.view) => {}
             }
         };
         tokio::join!(watches, user_controller, sync_controller);
@@ -244,7 +269,7 @@ impl Runtime {
 
 /// Returns the watch events of one kind in the configured namespaces, with managed fields
 /// dropped to save memory.
-fn watch_events<K>(
+pub(super) fn watch_events<K>(
     client: &kube::Client,
     config: &RunConfig,
 ) -> impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static
@@ -404,13 +429,13 @@ fn trigger_concerned(ctx: &Context, snapshot: &Arc<Snapshot>) {
 }
 
 /// Publishes which remote objects the resources manage, for the read-only API's filters.
-async fn publish_ownership(ctx: &Context) {
+pub(super) async fn publish_ownership(index: &Index, view: &RemoteView) {
     let mut interval = tokio::time::interval(OWNERSHIP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if ctx.index.take_changed() {
-            ctx.view.set_ownership(ctx.index.ownership());
+        if index.take_changed() {
+            view.set_ownership(index.ownership());
         }
     }
 }

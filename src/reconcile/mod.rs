@@ -2,8 +2,10 @@
 //! MyTimetable, patch status only when it changed, and emit events.
 
 mod controllers;
+mod follow;
 mod index;
 mod memory;
+mod observe;
 mod patch;
 mod sync;
 mod user;
@@ -33,6 +35,7 @@ use crate::remote::RemoteView;
 use crate::resources::{
     CalendarSync, CalendarSyncStatus, CalendarUser, CalendarUserStatus, reason,
 };
+use crate::telemetry::Telemetry;
 
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,7 @@ pub struct Context {
     pub memory: Memory,
     pub(crate) user_triggers: UnboundedSender<ObjectRef<CalendarUser>>,
     pub(crate) sync_triggers: UnboundedSender<ObjectRef<CalendarSync>>,
+    pub telemetry: Telemetry,
 }
 
 impl Context {

@@ -1,9 +1,9 @@
 //! Readiness and liveness of the process, from signals the controller, the remote view and
 //! the leader election leave here.
 //!
-//! Liveness asks whether the process's own loops are stuck, never whether MyTimetable or the
-//! Kubernetes API server answer: restarting the process cannot fix an outage of either, and
-//! failed attempts count as progress. A loop is stuck when a reconcile runs far longer than
+//! Liveness checks whether the process's own loops are stuck, never whether MyTimetable or
+//! the Kubernetes API server respond, because restarting the process cannot fix an outage of
+//! either. Failed attempts count as progress. A loop is stuck when a reconcile runs far longer than
 //! its requests can take, when the remote view has not finished a refresh attempt long after
 //! one was due, when the Lease loop has not finished an attempt, or when a watch stream ended.
 
@@ -20,11 +20,11 @@ use crate::config::RunConfig;
 use crate::remote::RemoteView;
 
 /// The watch kinds that must have delivered their initial list before the process is ready.
-const WATCHED_KINDS: [&str; 2] = ["CalendarUser", "CalendarSync"];
+pub const WATCHED_KINDS: [&str; 2] = ["CalendarUser", "CalendarSync"];
 
-// The longest a MyTimetable request may take with the client's defaults: 4 attempts (3
-// retries), each up to the request timeout plus a wait of up to 60 s (the longest honoured
-// Retry-After; the backoff without it is at most 10 s).
+// The maximum time a MyTimetable request takes with the client's defaults: 4 attempts (3
+// retries), each up to the request timeout plus a wait of up to 60 s. That wait is the
+// maximum honoured Retry-After, and the backoff without one is at most 10 s.
 fn request_budget(request_timeout: Duration) -> Duration {
     (request_timeout + Duration::from_secs(60)) * 4
 }
@@ -50,11 +50,11 @@ impl HealthConfig {
             // requests. kube 5 sends those without a read timeout, and 5 minutes is far above
             // what a working API server takes.
             reconcile_stall_after: budget * 2 + Duration::from_secs(300),
-            // A refresh is due one resync interval after the last one started, and its two
-            // lists run concurrently within one request budget; one more minute of margin.
+            // A refresh is due one resync interval after the last one started. Its two lists
+            // run concurrently within one request budget, and one more minute is margin.
             refresh_stall_after: config.resync_interval + budget + Duration::from_secs(60),
             // The Lease loop tries every retry period and bounds each attempt by the renew
-            // deadline, both shorter than the lease duration; four durations leave room for a
+            // deadline, both shorter than the lease duration. Four durations leave room for a
             // slow API server.
             lease_stall_after: lease_duration * 4,
         }

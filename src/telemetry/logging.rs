@@ -34,7 +34,11 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), LoggingError> 
         value: value.clone(),
         source,
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal, so that log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let installed = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

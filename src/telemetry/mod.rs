@@ -9,7 +9,7 @@ mod logging;
 mod metrics;
 
 pub(crate) use health::age_of;
-pub use health::{Health, HealthConfig, ReconcileGuard};
+pub use health::{Health, HealthConfig, ReconcileGuard, WATCHED_KINDS};
 pub use logging::{LoggingError, init_logging};
 pub use metrics::{Metrics, RemoteCounts};
 
@@ -27,7 +27,11 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new(health: HealthConfig) -> Telemetry {
-        let client_metrics = ClientMetrics::new();
+        Telemetry::with_client_metrics(health, ClientMetrics::new())
+    }
+
+    /// Creates the telemetry around existing client metrics, for example ones a test reads.
+    pub fn with_client_metrics(health: HealthConfig, client_metrics: ClientMetrics) -> Telemetry {
         Telemetry {
             metrics: Metrics::new(&client_metrics),
             health: Health::new(health),
