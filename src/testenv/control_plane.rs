@@ -155,6 +155,16 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The logs of kube-apiserver and etcd often explain the failure of the test.
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(dir) = state.dir.take() {
+                eprintln!(
+                    "testenv: kept the files and logs of the control plane of the failed test in {}",
+                    dir.keep().display()
+                );
+            }
+        }
         self.stop();
     }
 }
