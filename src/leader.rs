@@ -330,20 +330,18 @@ impl Elector {
         let params = PostParams::default();
 
         // The holder renews from the Lease it wrote last; a conflict means someone else wrote
-        // since, so it falls back to reading the Lease.
-        if let Some(held) = self.held.take() {
+        // since, so it falls back to reading the Lease. `held` stays set while the request
+        // runs, because this future may be dropped at any await and a release still needs it.
+        if let Some(held) = self.held.clone() {
             let spec = held.spec.clone().unwrap_or_default();
             let renewed = Lease {
-                metadata: held.metadata.clone(),
+                metadata: held.metadata,
                 spec: Some(self.next_spec(&spec, Write::Renew)),
             };
             match self.api.replace(&name, &params, &renewed).await {
                 Ok(lease) => return Ok(self.now_holding(lease)),
-                Err(kube::Error::Api(status)) if status.is_conflict() => {}
-                Err(error) => {
-                    self.held = Some(held);
-                    return Err(error);
-                }
+                Err(kube::Error::Api(status)) if status.is_conflict() => self.held = None,
+                Err(error) => return Err(error),
             }
         }
 
