@@ -39,8 +39,8 @@ impl Fixture {
             .expect("simulator starts");
         let remote =
             Client::new(ClientConfig::new(sim.base_url(), Token::new(TOKEN))).expect("client");
-        // A resync interval of an hour: the view lists only when a test asks, so that the
-        // simulator's request counters show every list.
+        // A resync interval of an hour: the view lists only when a test requests a refresh,
+        // so that the simulator's request counters show every list.
         let view = RemoteView::new(
             Arc::new(remote.clone()),
             ViewConfig::new(Duration::from_secs(3600)),

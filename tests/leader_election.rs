@@ -1,6 +1,7 @@
-//! Leader election on the real kube-apiserver, with electors in this process: one leader at a
-//! time, takeover after a release and after an expiry, a leader that loses its Lease stops
-//! its work before a successor starts, and the grace period at shutdown.
+//! Leader election on the real kube-apiserver, with electors in this process. One replica
+//! leads at a time, another takes over after a release and after an expiry, and a leader
+//! that loses its Lease stops its work before a successor starts. The grace period at
+//! shutdown lets work finish or abandons it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -86,7 +87,7 @@ impl Drop for StopMark {
 /// How a replica's work reacts to its stop token.
 #[derive(Clone, Copy)]
 enum Work {
-    /// Finishes as soon as it is told to stop.
+    /// Finishes as soon as its stop token is cancelled.
     Cooperative,
     /// Never finishes on its own.
     Stubborn,

@@ -1,6 +1,6 @@
-//! Two replicas of the real `calsync-operator run` binary on the real kube-apiserver: only the
-//! Lease holder writes to MyTimetable and to the API server, the follower serves its API and
-//! probes, and the follower takes over when the leader stops gracefully or is killed.
+//! Two replicas of the real `calsync-operator run` binary on the real kube-apiserver. Only the
+//! Lease holder writes to MyTimetable and to the API server, and the follower serves its API
+//! and probes. The follower takes over when the leader stops gracefully or is killed.
 //!
 //! Each replica talks to a simulator of its own, so the simulators' request counters tell
 //! which replica wrote to MyTimetable; the `reportingInstance` of the events tells which

@@ -58,8 +58,8 @@ async fn sigint_without_election_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_abandons_reconcile_after_grace() {
     let harness = Harness::new("sigterm-grace").await;
-    // Every user PUT is applied at once but answered only after two minutes, and the client
-    // waits a minute, so the reconcile of alice is still running at SIGTERM.
+    // Every user PUT is applied at once but gets its response only after two minutes, and the
+    // client waits a minute, so the reconcile of alice is still running at SIGTERM.
     harness
         .sim
         .set_faults(Faults {

@@ -136,7 +136,7 @@ impl Operator {
         Metrics::parse(&text).unwrap_or_else(|error| panic!("{error} in\n{text}"))
     }
 
-    /// Every line the process wrote so far, standard output and error interleaved.
+    /// Returns every line the process wrote so far, standard output and error interleaved.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
@@ -224,7 +224,8 @@ fn serving_address(line: &str) -> Option<SocketAddr> {
     value["address"].as_str()?.parse().ok()
 }
 
-/// A fault rule that hits every request to `endpoint`, such as `PUT /users/{username}`.
+/// Returns a fault rule that hits every request to `endpoint`, such as
+/// `PUT /users/{username}`.
 pub fn every_request_to(endpoint: &str) -> FaultRule {
     FaultRule {
         rate: 1.0,
@@ -233,8 +234,8 @@ pub fn every_request_to(endpoint: &str) -> FaultRule {
     }
 }
 
-/// The flags that turn leader election on for a Lease named after the test's namespace,
-/// with short durations so that takeovers happen within seconds.
+/// Returns the flags that turn leader election on for a Lease named after the test's
+/// namespace, with short durations so that takeovers happen within seconds.
 pub fn election_flags(harness: &Harness) -> Vec<String> {
     vec![
         "--leader-election=true".to_string(),
@@ -250,7 +251,7 @@ pub fn lease_name(harness: &Harness) -> String {
     format!("calsync-{}", harness.ns())
 }
 
-/// Returns the Lease's holder, None when the Lease does not exist or nobody holds it.
+/// Returns the Lease's holder, None when the Lease does not exist or has no holder.
 pub async fn lease_holder(harness: &Harness) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(harness.client.clone(), harness.ns());
     leases
