@@ -25,15 +25,7 @@ pub enum LoggingError {
 /// JSON lines carry the event's fields at the top level, the current span's fields under
 /// `span` and every enclosing span under `spans`.
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), LoggingError> {
-    let (origin, value) = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.trim().is_empty() => ("RUST_LOG", value),
-        _ => ("--log-level", level.to_string()),
-    };
-    let filter = EnvFilter::try_new(&value).map_err(|source| LoggingError::Filter {
-        origin,
-        value: value.clone(),
-        source,
-    })?;
+    let filter = filter_from(std::env::var("RUST_LOG").ok(), level)?;
     // Colours only on a terminal, so that log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
@@ -44,4 +36,43 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), LoggingError> 
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     installed.map_err(LoggingError::AlreadyInstalled)
+}
+
+// Builds the filter from `RUST_LOG` when it is set and not empty, else from `level`.
+fn filter_from(rust_log: Option<String>, level: &str) -> Result<EnvFilter, LoggingError> {
+    let (origin, value) = match rust_log {
+        Some(value) if !value.trim().is_empty() => ("RUST_LOG", value),
+        _ => ("--log-level", level.to_string()),
+    };
+    EnvFilter::try_new(&value).map_err(|source| LoggingError::Filter {
+        origin,
+        value,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_wins_over_level() {
+        let filter = filter_from(Some("warn".to_string()), "debug").expect("valid");
+        assert_eq!(filter.to_string(), "warn");
+        let filter = filter_from(Some(" ".to_string()), "debug").expect("valid");
+        assert_eq!(filter.to_string(), "debug");
+        let filter = filter_from(None, "calsync_operator=debug").expect("valid");
+        assert_eq!(filter.to_string(), "calsync_operator=debug");
+    }
+
+    #[test]
+    fn invalid_filter_names_its_origin() {
+        let error = filter_from(None, "info,=[").expect_err("invalid level");
+        assert!(
+            error.to_string().starts_with("invalid --log-level"),
+            "{error}"
+        );
+        let error = filter_from(Some("=[".to_string()), "info").expect_err("invalid RUST_LOG");
+        assert!(error.to_string().starts_with("invalid RUST_LOG"), "{error}");
+    }
 }
