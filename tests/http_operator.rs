@@ -130,3 +130,41 @@ async fn follower_filters_like_the_leader() {
     assert_eq!(leader.wait_exit(WAIT).await.code(), Some(0));
     harness.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_address_in_use_stops_start_up() {
+    let harness = Harness::new("api-port").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let address = taken.local_addr().expect("address");
+    let flags = [
+        format!("--http-listen={address}"),
+        "--leader-election=false".to_string(),
+    ];
+    let mut child = Operator::command(&harness, harness.sim.base_url().as_ref(), "solo", &flags)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("calsync-operator starts");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polling the child") {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("calsync-operator kept running although {address} is in use");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listening on {address} failed")),
+        "{stderr}"
+    );
+    drop(taken);
+    harness.shutdown().await;
+}

@@ -48,6 +48,43 @@ impl Operator {
         name: &str,
         flags: &[String],
     ) -> Operator {
+        let mut child = Operator::command(harness, base_url, name, flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("calsync-operator starts");
+
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        collect_lines(child.stdout.take().expect("stdout"), lines.clone());
+        collect_lines(child.stderr.take().expect("stderr"), lines.clone());
+        let address = wait_until(&format!("{name} to serve HTTP"), || {
+            let lines = lines.clone();
+            let exited = child.try_wait().ok().flatten();
+            async move {
+                let lines = lines.lock().unwrap();
+                let address = lines.iter().find_map(|line| serving_address(line));
+                let seen = format!("exit {exited:?}, output:\n{}", lines.join("\n"));
+                (address, seen)
+            }
+        })
+        .await;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("HTTP client");
+        Operator {
+            name: name.to_string(),
+            child,
+            lines,
+            address,
+            http,
+        }
+    }
+
+    /// Returns the command line of [`Operator::start_against`]: this test's namespaces and
+    /// kubeconfig, JSON logs, a free loopback port, short timeouts, and `flags`, which
+    /// replace the defaults they name.
+    pub fn command(harness: &Harness, base_url: &str, name: &str, flags: &[String]) -> Command {
         let namespaces: Vec<&str> = harness.namespaces.iter().map(|n| n.name()).collect();
         let kubeconfig = ControlPlane::shared().kubeconfig().display().to_string();
         let defaults = [
@@ -77,36 +114,8 @@ impl Operator {
             // pod, which would turn leader election on by default.
             .env_remove("RUST_LOG")
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("calsync-operator starts");
-
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stdout.take().expect("stdout"), lines.clone());
-        collect_lines(child.stderr.take().expect("stderr"), lines.clone());
-        let address = wait_until(&format!("{name} to serve HTTP"), || {
-            let lines = lines.clone();
-            let exited = child.try_wait().ok().flatten();
-            async move {
-                let lines = lines.lock().unwrap();
-                let address = lines.iter().find_map(|line| serving_address(line));
-                let seen = format!("exit {exited:?}, output:\n{}", lines.join("\n"));
-                (address, seen)
-            }
-        })
-        .await;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("HTTP client");
-        Operator {
-            name: name.to_string(),
-            child,
-            lines,
-            address,
-            http,
-        }
+            .stdin(Stdio::null());
+        command
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -335,13 +344,13 @@ impl Metrics {
 
     /// Returns the value of the sample with exactly these labels.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let wanted: BTreeMap<String, String> = labels
+        let expected: BTreeMap<String, String> = labels
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         self.samples
             .iter()
-            .find(|sample| sample.name == name && sample.labels == wanted)
+            .find(|sample| sample.name == name && sample.labels == expected)
             .map(|sample| sample.value)
     }
 
