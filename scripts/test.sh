@@ -19,6 +19,7 @@ echo "test: control plane from $CALSYNC_CONTROL_PLANE_DIR, helm $CALSYNC_HELM" >
 scripts/check-crds.sh
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+# --no-fail-fast runs every test binary, so one failure does not hide the others.
+cargo test --locked --no-fail-fast
 
 echo "test: all checks passed in $((SECONDS - started)) s" >&2
