@@ -54,15 +54,15 @@ pub struct RunConfig {
     #[arg(long, env = "CALSYNC_MYTIMETABLE_URL", value_name = "URL")]
     pub mytimetable_url: Url,
 
-    /// File that holds the MyTimetable API token; re-read when it changes.
+    /// File that contains the MyTimetable API token; re-read when it changes.
     #[arg(long, env = "CALSYNC_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
-    /// Namespace of the Secret that holds the MyTimetable API token.
+    /// Namespace of the Secret that contains the MyTimetable API token.
     #[arg(long, env = "CALSYNC_TOKEN_SECRET_NAMESPACE", value_name = "NS")]
     pub token_secret_namespace: Option<String>,
 
-    /// Name of the Secret that holds the MyTimetable API token; re-read when it changes.
+    /// Name of the Secret that contains the MyTimetable API token; re-read when it changes.
     #[arg(long, env = "CALSYNC_TOKEN_SECRET_NAME", value_name = "NAME")]
     pub token_secret_name: Option<String>,
 
@@ -195,7 +195,7 @@ pub struct RunConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Where the MyTimetable token comes from.
+/// The source of the MyTimetable token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
     File(PathBuf),
@@ -277,10 +277,10 @@ impl RunConfig {
 
     /// How long after a create was recorded MyTimetable may still apply it.
     ///
-    /// A timed-out PUT may still be applied, so the request timeout counts in full; the
+    /// A timed-out PUT may still be applied, so the request timeout counts in full. The
     /// request may also have waited up to about one more timeout for the client's rate limit
-    /// and concurrency slots; 10 seconds cover clock skew between this process and a
-    /// restarted one.
+    /// and concurrency slots. The last 10 seconds cover clock skew between this process and
+    /// a restarted one.
     // NOTE: a PUT that waited longer than one request timeout for a client slot before it was
     // sent, followed by a controller restart, could still land after this window and be
     // created a second time.

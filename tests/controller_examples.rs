@@ -1,6 +1,6 @@
 //! The manifests in examples/ against the controller: applied, every resource becomes Ready
 //! with matching remote state; deleted, the remote state is what each deletionPolicy and
-//! unlinkMode asks for.
+//! unlinkMode requests.
 
 mod controller_harness;
 
@@ -55,7 +55,7 @@ async fn examples_converge_and_clean_up_by_policy() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    // The token comes from the example's Secret, which holds a placeholder at first.
+    // The token comes from the example's Secret, which contains a placeholder at first.
     let config = run_config(vec![
         "calsync-operator".to_string(),
         format!("--mytimetable-url={}", sim.base_url()),

@@ -36,9 +36,9 @@ pub(crate) fn created_after(meta: &ObjectMeta) -> Timestamp {
 /// Settings of the decision rules that come from the controller's configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How long after a create was recorded MyTimetable may still apply it: the client's
-    /// request timeout (a timed-out PUT may still be applied), plus the time the request may
-    /// have waited for the client's rate limit, plus a margin for clock skew.
+    /// The time after a recorded create during which MyTimetable may still apply it. It
+    /// covers the client's request timeout, because a timed-out PUT may still be applied, the
+    /// wait for the client's rate limit, and a margin for clock skew.
     pub create_settle: SignedDuration,
 }
 
@@ -61,7 +61,7 @@ pub struct Note {
     pub warning: bool,
     /// Machine-readable reason (the condition reasons, or a remote verb such as `Unlinked`).
     pub reason: &'static str,
-    /// What the controller did or tried, for `Event.action`.
+    /// The controller's operation, for `Event.action`.
     pub action: &'static str,
     pub message: String,
 }
@@ -156,8 +156,8 @@ pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
     find_condition(conditions, CONDITION_READY).map(|c| c.reason.as_str())
 }
 
-/// The order in which competing resources win a remote object nobody claims yet: oldest
-/// first, then by namespace and name so that the order is total.
+/// Returns the sort key that decides which competitor wins an unclaimed remote object: the
+/// oldest, then by namespace and name so that the order is total.
 pub fn age_key(meta: &ObjectMeta) -> (Option<Timestamp>, &str, &str) {
     (
         meta.creation_timestamp.as_ref().map(|t| t.0),

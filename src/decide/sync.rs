@@ -16,7 +16,7 @@ use crate::resources::{
     reason,
 };
 
-/// What a CalendarSync reconcile reads.
+/// The inputs of a CalendarSync decision.
 pub struct SyncInputs<'a> {
     pub sync: &'a CalendarSync,
     /// The CalendarUser that `spec.userRef` names, when it exists.
@@ -183,9 +183,9 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
     }
 
     // Choose the remote synchronization to record. A create that may have reached
-    // MyTimetable adopts what it made once a snapshot is new enough to show it; without a
+    // MyTimetable adopts what it made once a snapshot is new enough to show it. Without a
     // claim, only a snapshot requested after the resource appeared can prove that nothing
-    // exists to adopt. After drift the snapshot that showed the id gone is new enough.
+    // exists to adopt. After drift, the snapshot that showed the id gone is new enough.
     let adoption = if let Some(pending) = &current.pending_create {
         let settled_after = inputs
             .create_returned_at
@@ -269,8 +269,8 @@ pub fn decide_sync(inputs: &SyncInputs) -> Plan<CalendarSyncStatus, SyncAction> 
     }
 }
 
-/// The Ready message of a recorded synchronization; the same on every reconcile, so that it
-/// causes no status write.
+/// Returns the Ready message of a recorded synchronization. It is the same on every
+/// reconcile, so it causes no status write.
 fn ready_message(id: i64, reason: &str) -> String {
     if reason == reason::ADOPTED {
         format!("adopted the existing MyTimetable synchronization {id}")

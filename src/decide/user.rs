@@ -12,7 +12,7 @@ use super::{
 use crate::remote::{RefreshFailure, RemoteSync, Snapshot};
 use crate::resources::{CalendarUser, CalendarUserStatus, DeletionPolicy, reason};
 
-/// What a CalendarUser reconcile reads.
+/// The inputs of a CalendarUser decision.
 pub struct UserInputs<'a> {
     pub user: &'a CalendarUser,
     /// The other CalendarUsers with the same `spec.username`, in any namespace.
@@ -76,7 +76,7 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
         };
     };
 
-    // Before the first claim, only a snapshot requested after the resource appeared tells
+    // Before the first claim, only a snapshot requested after the resource appeared shows
     // whether the user already existed (Adopted) or is created now (Provisioned).
     let newer_than = created_after(&user.metadata);
     if !claims && snapshot.fetched_at <= newer_than {
@@ -91,7 +91,7 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
     }
 
     // The claim is persisted before any remote write, so a competitor created a moment later
-    // sees it, and only the owner ever deletes the remote user.
+    // finds it, and only the owner ever deletes the remote user.
     let claim = (!claims).then(|| CalendarUserStatus {
         owned_username: Some(username.to_string()),
         conditions: with_ready(
@@ -140,8 +140,8 @@ pub fn decide_user(inputs: &UserInputs) -> Plan<CalendarUserStatus, UserAction> 
     }
 }
 
-/// The Ready message of an owned user; the same on every reconcile, so that it causes no
-/// status write.
+/// Returns the Ready message of an owned user. It is the same on every reconcile, so it
+/// causes no status write.
 fn ready_message(username: &str, reason: &str) -> String {
     if reason == reason::ADOPTED {
         format!("adopted the existing MyTimetable user {username:?}")
@@ -184,7 +184,7 @@ pub enum UserDeletion {
     /// synchronizations against.
     WaitForSnapshot { newer_than: Timestamp },
     /// The remote user still has synchronizations that no resource declares; deleting it
-    /// would unlink them with a mode nobody chose.
+    /// would unlink them with a mode no resource chose.
     Blocked { undeclared: Vec<RemoteSync> },
     /// Delete the remote user, then remove the finalizer.
     DeleteUser,

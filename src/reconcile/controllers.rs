@@ -10,7 +10,6 @@ use futures::{Stream, StreamExt, stream};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
@@ -19,9 +18,13 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::observe::{Kind, observed};
-use super::{Context, Index, Managed, Memory, error_policy, status_differs, sync, user};
+use super::{
+    Context, EventPublisher, Index, Managed, Memory, error_policy, status_differs, sync, user,
+};
 use crate::config::{ConfigError, RunConfig, TokenSource};
-use crate::decide::{Settings, SyncAction, UserAction, UserInputs, decide_sync, decide_user};
+use crate::decide::{
+    Settings, SyncAction, UserAction, UserInputs, decide_sync, decide_user, is_ready,
+};
 use crate::mytimetable::{self, ClientConfig, ClientMetrics, Token, token};
 use crate::remote::{RemoteView, Snapshot, ViewConfig};
 use crate::resources::{CalendarSync, CalendarUser};
@@ -171,15 +174,11 @@ impl Runtime {
         let (syncs, syncs_writer) = reflector::store::<CalendarSync>();
         let (user_triggers, user_requests) = mpsc::unbounded();
         let (sync_triggers, sync_requests) = mpsc::unbounded();
-        let reporter = Reporter {
-            controller: "calsync-operator".to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let ctx = Arc::new(Context {
             kube: self.kube.clone(),
             mytimetable: self.mytimetable.clone(),
             view: self.view.clone(),
-            recorder: Recorder::new(self.kube.clone(), reporter),
+            events: EventPublisher::new(self.kube.clone(), std::env::var("POD_NAME").ok()),
             settings: Settings {
                 create_settle: config.create_settle(),
             },
@@ -268,7 +267,7 @@ impl Runtime {
 }
 
 /// Returns the watch events of one kind in the configured namespaces, with managed fields
-/// dropped to save memory.
+/// and annotations dropped to save memory.
 pub(super) fn watch_events<K>(
     client: &kube::Client,
     config: &RunConfig,
@@ -298,7 +297,9 @@ where
     watch(api, watch_config)
         .default_backoff()
         .modify(|object: &mut K| {
+            // Neither is read, and kubectl's last-applied annotation repeats the whole spec.
             object.managed_fields_mut().clear();
+            object.annotations_mut().clear();
         })
         .filter(move |event| {
             let keep = match event {
@@ -367,6 +368,10 @@ fn trigger_concerned(ctx: &Context, snapshot: &Arc<Snapshot>) {
     let now = super::now();
     let mut triggered = 0usize;
     for user in ctx.users.state() {
+        // Most users are settled: a cheap check skips the full decision for them.
+        if settled_user(&user, snapshot) {
+            continue;
+        }
         let uid = super::uid_of(user.as_ref());
         if ctx.memory.backing_off(&uid, now) || ctx.memory.rejected(&uid, user.metadata.generation)
         {
@@ -396,6 +401,9 @@ fn trigger_concerned(ctx: &Context, snapshot: &Arc<Snapshot>) {
         }
     }
     for sync in ctx.syncs.state() {
+        if settled_sync(&sync, snapshot) {
+            continue;
+        }
         let uid = super::uid_of(sync.as_ref());
         if ctx.memory.backing_off(&uid, now) {
             continue;
@@ -426,6 +434,31 @@ fn trigger_concerned(ctx: &Context, snapshot: &Arc<Snapshot>) {
         synchronizations = snapshot.synchronizations.len(),
         "Remote view refreshed"
     );
+}
+
+/// Returns whether a user is Ready for its generation and its owned remote user is in the
+/// snapshot, so that the snapshot gives it nothing to do.
+fn settled_user(user: &CalendarUser, snapshot: &Snapshot) -> bool {
+    let Some(status) = &user.status else {
+        return false;
+    };
+    user.metadata.deletion_timestamp.is_none()
+        && is_ready(&status.conditions, user.metadata.generation)
+        && status
+            .owned_username
+            .as_deref()
+            .is_some_and(|username| snapshot.has_user(username))
+}
+
+/// Returns whether a synchronization is Ready for its generation and its recorded id is in
+/// the snapshot, so that the snapshot gives it nothing to do.
+fn settled_sync(sync: &CalendarSync, snapshot: &Snapshot) -> bool {
+    let Some(status) = &sync.status else {
+        return false;
+    };
+    sync.metadata.deletion_timestamp.is_none()
+        && is_ready(&status.conditions, sync.metadata.generation)
+        && status.sync_id.is_some_and(|id| snapshot.sync(id).is_some())
 }
 
 /// Publishes which remote objects the resources manage, for the read-only API's filters.

@@ -49,9 +49,9 @@ struct UserEntry {
     username: String,
     deleting: bool,
     owned_username: Option<String>,
-    // What the user's own reconcile reacts to: spec, deletion, finalizer.
+    // Hash of the fields the user's own reconcile reacts to: spec, deletion, finalizer.
     own_hash: u64,
-    // What its CalendarSyncs react to: readiness, ownership, deletion, uid.
+    // Hash of the fields its CalendarSyncs react to: readiness, ownership, deletion, uid.
     dependents_hash: u64,
 }
 
@@ -118,13 +118,13 @@ impl Index {
             Event::Delete(user) => state.delete_user(&ObjectRef::from_obj(user), &mut triggers),
             Event::InitDone => {
                 let seen = state.relist_users.take().unwrap_or_default();
-                let gone: Vec<_> = state
+                let removed: Vec<_> = state
                     .users
                     .keys()
                     .filter(|key| !seen.contains(*key))
                     .cloned()
                     .collect();
-                for key in gone {
+                for key in removed {
                     state.delete_user(&key, &mut triggers);
                 }
             }
@@ -149,13 +149,13 @@ impl Index {
             Event::Delete(sync) => state.delete_sync(&ObjectRef::from_obj(sync), &mut triggers),
             Event::InitDone => {
                 let seen = state.relist_syncs.take().unwrap_or_default();
-                let gone: Vec<_> = state
+                let removed: Vec<_> = state
                     .syncs
                     .keys()
                     .filter(|key| !seen.contains(*key))
                     .cloned()
                     .collect();
-                for key in gone {
+                for key in removed {
                     state.delete_sync(&key, &mut triggers);
                 }
             }
@@ -393,5 +393,152 @@ impl State {
 
     fn is_deleting(&self, user: &ObjectRef<CalendarUser>) -> bool {
         self.users.get(user).is_some_and(|entry| entry.deleting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::decide::with_ready;
+    use crate::resources::{
+        CalendarSyncSpec, CalendarSyncStatus, CalendarUserSpec, CalendarUserStatus, DeletionPolicy,
+        UnlinkMode, UserReference, reason,
+    };
+
+    fn user(namespace: &str, name: &str, username: &str) -> CalendarUser {
+        let mut user = CalendarUser::new(
+            name,
+            CalendarUserSpec {
+                username: username.to_string(),
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        );
+        user.metadata.namespace = Some(namespace.to_string());
+        user.metadata.generation = Some(1);
+        user
+    }
+
+    fn sync(namespace: &str, name: &str, user: &str, type_: &str) -> CalendarSync {
+        let mut sync = CalendarSync::new(
+            name,
+            CalendarSyncSpec {
+                user_ref: UserReference {
+                    name: user.to_string(),
+                },
+                type_: type_.to_string(),
+                smtp_address: None,
+                unlink_mode: UnlinkMode::UnlinkOnly,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        );
+        sync.metadata.namespace = Some(namespace.to_string());
+        sync.metadata.generation = Some(1);
+        sync
+    }
+
+    fn ready(mut user: CalendarUser) -> CalendarUser {
+        user.status = Some(CalendarUserStatus {
+            observed_generation: Some(1),
+            owned_username: Some(user.spec.username.clone()),
+            conditions: with_ready(&[], true, reason::PROVISIONED, "ok", Some(1)),
+        });
+        user
+    }
+
+    #[test]
+    fn new_user_triggers_itself_but_status_change_does_not() {
+        let index = Index::default();
+        let alice = user("ns", "alice", "alice");
+        let triggers = index.user_event(&Event::Apply(alice.clone()));
+        assert_eq!(triggers.users, vec![ObjectRef::from_obj(&alice)]);
+
+        let mut written = alice.clone();
+        written.status = Some(CalendarUserStatus {
+            owned_username: Some("alice".to_string()),
+            ..CalendarUserStatus::default()
+        });
+        let triggers = index.user_event(&Event::Apply(written));
+        assert!(triggers.users.is_empty());
+    }
+
+    #[test]
+    fn user_becoming_ready_triggers_its_syncs() {
+        let index = Index::default();
+        let alice = user("ns", "alice", "alice");
+        index.user_event(&Event::Apply(alice.clone()));
+        let alice_o365 = sync("ns", "alice-o365", "alice", "o365");
+        let other = sync("ns", "bob-o365", "bob", "o365");
+        index.sync_event(&Event::Apply(alice_o365.clone()));
+        index.sync_event(&Event::Apply(other));
+
+        let triggers = index.user_event(&Event::Apply(ready(alice)));
+        assert_eq!(triggers.syncs, vec![ObjectRef::from_obj(&alice_o365)]);
+        assert!(triggers.users.is_empty());
+    }
+
+    #[test]
+    fn relist_drops_objects_that_are_gone() {
+        let index = Index::default();
+        let alice = user("ns", "alice", "alice");
+        let bob = user("ns", "bob", "bob");
+        index.user_event(&Event::Apply(alice.clone()));
+        index.user_event(&Event::Apply(bob.clone()));
+        index.user_event(&Event::Init);
+        index.user_event(&Event::InitApply(alice.clone()));
+        index.user_event(&Event::InitDone);
+
+        let (reader, mut writer) = store::<CalendarUser>();
+        writer.apply_watcher_event(&Event::Apply(alice.clone()));
+        let rival = user("other", "alice2", "alice");
+        assert_eq!(index.user_rivals(&rival, &reader).len(), 1);
+        let bob_rival = user("other", "bob2", "bob");
+        assert!(index.user_rivals(&bob_rival, &reader).is_empty());
+    }
+
+    #[test]
+    fn sync_rivals_include_claims_and_same_username_users() {
+        let index = Index::default();
+        let (users, mut users_writer) = store::<CalendarUser>();
+        let (syncs, mut syncs_writer) = store::<CalendarSync>();
+        let apply_user =
+            |user: CalendarUser,
+             writer: &mut kube::runtime::reflector::store::Writer<CalendarUser>| {
+                let event = Event::Apply(user);
+                writer.apply_watcher_event(&event);
+                index.user_event(&event);
+            };
+        apply_user(user("a", "alice", "alice"), &mut users_writer);
+        apply_user(user("b", "alice", "alice"), &mut users_writer);
+
+        let mut claimed = sync("c", "claimed", "whoever", "o365");
+        claimed.status = Some(CalendarSyncStatus {
+            sync_id: Some(7),
+            username: Some("alice".to_string()),
+            ..CalendarSyncStatus::default()
+        });
+        let candidates = [
+            sync("a", "mine", "alice", "o365"),
+            sync("b", "same-username", "alice", "o365"),
+            sync("b", "other-type", "alice", "ews"),
+            claimed,
+        ];
+        for candidate in candidates.iter().cloned() {
+            let event = Event::Apply(candidate);
+            syncs_writer.apply_watcher_event(&event);
+            index.sync_event(&event);
+        }
+
+        let mut rivals: Vec<String> = index
+            .sync_rivals(&candidates[0], "alice", &syncs)
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect();
+        rivals.sort();
+        assert_eq!(rivals, vec!["claimed", "same-username"]);
+        assert!(index.ownership().manages_sync(7));
+        assert_eq!(users.len(), 2);
     }
 }

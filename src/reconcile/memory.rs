@@ -1,6 +1,6 @@
-//! What the controller remembers about objects between reconciles, in memory only: per-object
-//! backoff after errors, creates that MyTimetable rejected, and creates that returned. A
-//! restart forgets all of it, which costs at most one retry or one wait per object.
+//! The controller's in-memory records about objects between reconciles: per-object backoff
+//! after errors, creates that MyTimetable rejected, and creates that returned. A restart
+//! loses all of it, which costs at most one retry or one wait per object.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -11,7 +11,7 @@ use rand::Rng;
 
 /// First delay after an error.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest delay between two attempts of one object, so that a recovered MyTimetable or a
+/// Maximum delay between two attempts of one object, so that a recovered MyTimetable or a
 /// rotated token is noticed within minutes even by objects that failed many times.
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 

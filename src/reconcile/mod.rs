@@ -2,6 +2,7 @@
 //! MyTimetable, patch status only when it changed, and emit events.
 
 mod controllers;
+mod events;
 mod follow;
 mod index;
 mod memory;
@@ -11,6 +12,7 @@ mod sync;
 mod user;
 
 pub use controllers::{Runtime, RuntimeError};
+pub use events::EventPublisher;
 pub use index::Index;
 pub use memory::Memory;
 
@@ -22,7 +24,6 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -63,12 +64,12 @@ impl Error {
     }
 }
 
-/// What both controllers share.
+/// The state both controllers share.
 pub struct Context {
     pub kube: kube::Client,
     pub mytimetable: mytimetable::Client,
     pub view: RemoteView,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub settings: Settings,
     /// Requeue interval of objects that need nothing, as a fallback for missed events.
     pub resync_interval: Duration,
@@ -82,23 +83,9 @@ pub struct Context {
 }
 
 impl Context {
-    /// Emits an event about `object`; a failure is logged and otherwise ignored, because an
-    /// event is informational and must not fail the reconcile.
+    /// Emits an event about `object`.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, note: &Note) {
-        let event = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason.to_string(),
-            note: Some(note.message.clone()),
-            action: note.action.to_string(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(%error, reason = note.reason, "Failed to publish event");
-        }
+        self.events.publish(object, note).await;
     }
 
     /// Asks for the object's reconcile soon, for example after the remote view changed.
@@ -230,8 +217,8 @@ pub(crate) fn status_differs<K: Managed>(current: &K::Status, new: &K::Status) -
 }
 
 /// Writes a failed MyTimetable request into the Ready condition of `status` and returns the
-/// error for the backoff; a rejection that only a change of the resource can fix stops the
-/// retries.
+/// error for the backoff. A rejection that only a change of the resource can fix stops the
+/// retries instead.
 pub(crate) async fn report_failure<K: Managed>(
     api: &Api<K>,
     object: K,
@@ -257,7 +244,7 @@ pub(crate) async fn report_failure<K: Managed>(
     Ok(Action::await_change())
 }
 
-/// The requeue after an error: per-object capped exponential backoff.
+/// Returns the requeue after an error: per-object capped exponential backoff.
 pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
@@ -290,12 +277,12 @@ pub(crate) fn uid_of<K: Resource>(object: &K) -> String {
     object.meta().uid.clone().unwrap_or_default()
 }
 
-/// The current time; one place so that decisions in one reconcile share an instant.
+/// Returns the current time.
 pub(crate) fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// The display name of an object for logs.
+/// Returns `namespace/name` of an object for logs.
 pub(crate) fn key_of<K: ResourceExt>(object: &K) -> String {
     format!(
         "{}/{}",

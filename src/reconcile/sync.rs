@@ -18,7 +18,7 @@ use crate::mytimetable::{self, SyncDeletion as Deleted, wire};
 use crate::remote::{RefreshFailure, Snapshot};
 use crate::resources::{CalendarSync, CalendarUser, UnlinkMode};
 
-/// How soon a pending create looks again when no snapshot arrives to trigger it.
+/// The requeue interval of a pending create when no snapshot arrives to trigger it.
 const PENDING_POLL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(sync: Arc<CalendarSync>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -51,8 +51,8 @@ fn owner_reference(user: &CalendarUser) -> Option<OwnerReference> {
     Some(owner)
 }
 
-/// What a CalendarSync decision reads besides the object itself, gathered from the caches,
-/// the remote view and the controller's memory.
+/// The inputs of a CalendarSync decision besides the object itself, gathered from the
+/// caches, the remote view and the controller's memory.
 pub(super) struct Observed {
     pub user: Option<Arc<CalendarUser>>,
     pub rivals: Vec<Arc<CalendarSync>>,

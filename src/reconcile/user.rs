@@ -13,7 +13,7 @@ use super::{Context, Error, Managed, key_of, report_failure, uid_of, write_statu
 use crate::decide::{UserAction, UserDeletion, UserInputs, decide_user, decide_user_deletion};
 use crate::resources::{CalendarSync, CalendarUser};
 
-/// How soon a reconcile that waits for something outside its own watch events looks again.
+/// The requeue interval of a reconcile that waits for something outside its own watch events.
 const POLL: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(user: Arc<CalendarUser>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -112,8 +112,8 @@ async fn cleanup(
     match plan.action {
         UserDeletion::DeleteSyncs { remaining } => {
             // The test control plane and some clusters run no garbage collector, so the
-            // CalendarSyncs are deleted here; each one's finalizer unlinks it with its own
-            // unlinkMode. Their deletion events trigger this reconcile again.
+            // CalendarSyncs are deleted here. Each one's finalizer unlinks it with its own
+            // unlinkMode, and their deletion events trigger this reconcile again.
             for sync in referencing
                 .iter()
                 .filter(|s| s.metadata.deletion_timestamp.is_none())

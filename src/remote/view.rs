@@ -16,7 +16,7 @@ pub struct Lists {
     pub synchronizations: Vec<RemoteSync>,
 }
 
-/// Why a refresh failed.
+/// The error of a failed refresh.
 #[derive(Clone, Debug)]
 pub struct ListError {
     /// MyTimetable rejected the API token.
@@ -33,11 +33,15 @@ pub trait Lister: Send + Sync + 'static {
 /// Timing of the background refresh.
 #[derive(Clone, Debug)]
 pub struct ViewConfig {
-    /// A refresh at least this often even when nobody asks for one (drift detection).
+    /// The maximum time between two refreshes when no reconcile requests one, which bounds
+    /// how long drift goes unnoticed.
     pub resync_interval: Duration,
     /// Minimum time between the starts of two refreshes, so that a burst of reconciles that
-    /// each need a fresher snapshot costs one list pair per interval.
+    /// each need a fresher snapshot costs one list pair per interval. The view waits longer
+    /// when lists are slow: ten times the duration of the last refresh, at most
+    /// `max_refresh_interval`.
     pub min_refresh_interval: Duration,
+    pub max_refresh_interval: Duration,
     /// Maximum wait between two attempts after failed refreshes (the wait doubles from
     /// `min_refresh_interval`).
     pub max_retry_interval: Duration,
@@ -50,6 +54,9 @@ impl ViewConfig {
             // One list pair per second keeps lists far below 5% of the requests while
             // thousands of creates wait for their ids, and adds at most a second to each.
             min_refresh_interval: Duration::from_secs(1),
+            // Large lists that take a second each are then paced to one pair per 10 s, about
+            // a tenth of MyTimetable's time for this client.
+            max_refresh_interval: Duration::from_secs(10),
             max_retry_interval: resync_interval.min(Duration::from_secs(60)),
         }
     }
@@ -76,7 +83,7 @@ impl Ownership {
 /// The shared, refreshed view of MyTimetable's users and synchronizations.
 ///
 /// One background task ([`RemoteView::run`]) lists both collections every resync interval,
-/// and sooner when a reconcile asks for a snapshot newer than some instant
+/// and sooner when a reconcile requests a snapshot newer than some instant
 /// ([`RemoteView::request_refresh`]). Only that task lists, so concurrent requests share one
 /// in-flight refresh, and starts are at least `min_refresh_interval` apart. Writes whose
 /// outcome is known update the snapshot at once; a write that completes while a refresh is in
@@ -190,7 +197,7 @@ impl RemoteView {
         self.record(Write::UserDeleted(username.to_string()));
     }
 
-    /// Records that a synchronization is gone (deleted, or MyTimetable answered 422).
+    /// Records that a synchronization is gone (deleted, or MyTimetable returned 422).
     pub fn record_sync_deleted(&self, id: i64) {
         self.record(Write::SyncDeleted(id));
     }
@@ -230,14 +237,20 @@ impl RemoteView {
             if shutdown.is_cancelled() {
                 return;
             }
+            let started = tokio::time::Instant::now();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.refresh() => {}
             }
             // Pace refreshes even when requests keep arriving.
+            let config = &self.inner.config;
+            let pause = started.elapsed().saturating_mul(10).clamp(
+                config.min_refresh_interval,
+                config.max_refresh_interval.max(config.min_refresh_interval),
+            );
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.inner.config.min_refresh_interval) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -381,6 +394,7 @@ mod tests {
         ViewConfig {
             resync_interval: Duration::from_secs(3600),
             min_refresh_interval: Duration::from_millis(10),
+            max_refresh_interval: Duration::from_millis(10),
             max_retry_interval: Duration::from_millis(50),
         }
     }

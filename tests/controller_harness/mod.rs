@@ -202,7 +202,7 @@ impl Harness {
             .expect("listing the simulator")
     }
 
-    /// A MyTimetable client of the test itself, for arranging remote state.
+    /// Returns a MyTimetable client of the test itself, for arranging remote state.
     pub fn sim_client(&self) -> calsync_operator::mytimetable::Client {
         sim_client(&self.sim)
     }
