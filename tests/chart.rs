@@ -670,6 +670,18 @@ fn deployment_is_hardened() {
         assert_eq!(container["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(container["readinessProbe"]["httpGet"]["port"], "http");
+
+        // The Lease identity and the Events' reporting instance come from the pod name.
+        let pod_name = container["env"]
+            .as_array()
+            .expect("the container has no env")
+            .iter()
+            .find(|variable| variable["name"] == "POD_NAME")
+            .expect("no POD_NAME variable");
+        assert_eq!(
+            pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
     }
 }
 
