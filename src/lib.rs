@@ -2,6 +2,7 @@
 //! synchronizations from `CalendarUser` and `CalendarSync` resources.
 
 pub mod config;
+pub mod crdcheck;
 pub mod decide;
 pub mod http;
 pub mod leader;

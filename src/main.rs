@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use calsync_operator::config::RunConfig;
 use calsync_operator::reconcile::Runtime;
-use calsync_operator::{operator, resources, telemetry};
+use calsync_operator::{crdcheck, operator, resources, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Kubernetes operator that provisions MyTimetable calendar synchronizations from
@@ -75,6 +75,9 @@ fn run(config: RunConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async {
         let runtime = Runtime::from_config(config, None).await?;
+        // Stop before reconciling anything when the cluster serves older CRDs, whose schema
+        // would make kube-apiserver drop fields this version writes.
+        crdcheck::check(&runtime.kube).await?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             "Starting calsync-operator"
