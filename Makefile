@@ -3,7 +3,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test crds check-crds control-plane helm build lint release sim
+.PHONY: help test demo crds check-crds control-plane helm build lint release sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -13,6 +13,9 @@ test: ## Run every check and test, installing and building what is missing (what
 # CI has no Docker engine, so it builds the release binary with the Dockerfile's build script
 # instead (about 7 minutes on 2 cores from a fresh clone). Developers run `make release`.
 	@if [ "$${CI:-}" = true ]; then scripts/build-release.sh; fi
+
+demo: ## Run the operator on a local control plane and the simulator, end to end, and clean up
+	scripts/demo.sh
 
 crds: ## Regenerate crds/ from the Rust types and copy them into the Helm chart
 	cargo run --quiet --locked --bin calsync-operator -- crds --output-dir crds
