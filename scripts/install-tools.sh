@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs and a fresh machine may lack: a C compiler (ring, the
-# crypto backend of rustls, compiles C code), and the rustfmt and clippy components.
+# crypto backend of rustls, compiles C code), Lua 5.1, and the rustfmt and clippy components.
 # Go and the Rust toolchain come with the machine; the script only checks that they exist,
 # because neither Debian's Go nor a toolchain download can supply the versions required.
 set -euo pipefail
@@ -8,6 +8,9 @@ set -euo pipefail
 missing_packages=()
 command -v cc >/dev/null 2>&1 || missing_packages+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || missing_packages+=(make)
+# Lua 5.1 runs the Argo CD health script in gitops/ in its test; Argo CD's interpreter
+# implements that version of the language.
+command -v lua5.1 >/dev/null 2>&1 || missing_packages+=(lua5.1)
 if [ ${#missing_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-tools: missing Debian packages ${missing_packages[*]}; install them with apt-get as root" >&2
