@@ -472,3 +472,55 @@ async fn kubectl_wait_sees_ready_of_current_generation() {
     );
     harness.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_competitors_get_one_owner() {
+    let mut harness = Harness::with_namespaces("simultaneous", 2).await;
+    harness.start_controller().await;
+
+    // Created together, so that the second may be reconciled before the first's claim is in
+    // the cache.
+    let (users_a, users_b) = (harness.users_in(0), harness.users_in(1));
+    let first = user("lou", "lou");
+    let second = user("lou-too", "lou");
+    tokio::join!(create(&users_a, &first), create(&users_b, &second));
+    let owner = wait_until("one owner and one conflict", || async {
+        let a = users_a.get("lou").await.expect("lou");
+        let b = users_b.get("lou-too").await.expect("lou-too");
+        let reasons = (ready_reason(&a), ready_reason(&b));
+        let conflict = Some(reason::CONFLICT.to_string());
+        let owner = match &reasons {
+            (Some(r), c) if r == reason::PROVISIONED && *c == conflict => Some(0),
+            (c, Some(r)) if r == reason::PROVISIONED && *c == conflict => Some(1),
+            _ => None,
+        };
+        (owner, format!("{reasons:?}"))
+    })
+    .await;
+
+    let syncs = harness.syncs_in(owner);
+    let user_name = if owner == 0 { "lou" } else { "lou-too" };
+    let (one, two) = (
+        sync("lou-ews-1", user_name, "ews"),
+        sync("lou-ews-2", user_name, "ews"),
+    );
+    tokio::join!(create(&syncs, &one), create(&syncs, &two));
+    wait_until("one Ready sync and one conflict", || async {
+        let one = syncs.get("lou-ews-1").await.expect("sync");
+        let two = syncs.get("lou-ews-2").await.expect("sync");
+        let reasons = (ready_reason(&one), ready_reason(&two));
+        let ready = [&one, &two].into_iter().filter(|s| is_ready(*s)).count();
+        let conflicts = [&reasons.0, &reasons.1]
+            .iter()
+            .filter(|r| r.as_deref() == Some(reason::CONFLICT))
+            .count();
+        (
+            ((ready, conflicts) == (1, 1)).then_some(()),
+            format!("{reasons:?}"),
+        )
+    })
+    .await;
+    let remote = harness.remote_syncs("lou").await;
+    assert_eq!(remote.len(), 1, "{remote:?}");
+    harness.shutdown().await;
+}

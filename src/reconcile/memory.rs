@@ -15,6 +15,13 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// rotated token is noticed within minutes even by objects that failed many times.
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 
+/// How long a claim reserved in memory keeps competitors off, which covers the delay between
+/// the claim's status write and its arrival in the watch cache.
+const RESERVATION_TTL: Duration = Duration::from_secs(30);
+
+/// Expired reservations are dropped once the map grows past this size.
+const RESERVATION_PRUNE_SIZE: usize = 4096;
+
 #[derive(Default)]
 pub struct Memory {
     state: Mutex<State>,
@@ -28,6 +35,8 @@ struct State {
     rejected: HashMap<String, i64>,
     // By object uid: (pendingCreate.since, when the create returned).
     returned: HashMap<String, (Timestamp, Timestamp)>,
+    // By claimed remote key: the uid that reserved it, and when.
+    reservations: HashMap<String, (String, Timestamp)>,
 }
 
 impl Memory {
@@ -91,6 +100,34 @@ impl Memory {
             .map(|(_, at)| *at)
     }
 
+    /// Reserves a remote object (a username, or a username and type) for the object `uid`
+    /// just before it writes its claim, and returns false when a competitor reserved it
+    /// within the last 30 seconds.
+    ///
+    /// Two competitors whose watch events arrive close together could each decide from a
+    /// cache that does not show the other's claim yet, and both claim. This process makes
+    /// every claim, so the reservation closes that window.
+    pub fn reserve(&self, key: &str, uid: &str, now: Timestamp) -> bool {
+        let mut state = self.state();
+        let live = |at: &Timestamp| {
+            at.checked_add(RESERVATION_TTL)
+                .is_ok_and(|expiry| expiry > now)
+        };
+        if let Some((holder, at)) = state.reservations.get(key)
+            && holder != uid
+            && live(at)
+        {
+            return false;
+        }
+        if state.reservations.len() >= RESERVATION_PRUNE_SIZE {
+            state.reservations.retain(|_, (_, at)| live(at));
+        }
+        state
+            .reservations
+            .insert(key.to_string(), (uid.to_string(), now));
+        true
+    }
+
     /// Forgets a deleted object.
     pub fn forget(&self, uid: &str) {
         let mut state = self.state();
@@ -133,6 +170,19 @@ mod tests {
         memory.succeeded("uid");
         assert!(!memory.backing_off("uid", Timestamp::now()));
         assert!(memory.failed("uid") <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn reservation_keeps_competitor_off_until_it_expires() {
+        let memory = Memory::default();
+        let now = Timestamp::from_second(1000).expect("valid");
+        assert!(memory.reserve("sync/alice/o365", "first", now));
+        assert!(memory.reserve("sync/alice/o365", "first", now));
+        assert!(!memory.reserve("sync/alice/o365", "second", now));
+        assert!(memory.reserve("sync/alice/ews", "second", now));
+        let later = Timestamp::from_second(1031).expect("valid");
+        assert!(memory.reserve("sync/alice/o365", "second", later));
+        assert!(!memory.reserve("sync/alice/o365", "first", later));
     }
 
     #[test]

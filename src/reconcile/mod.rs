@@ -48,6 +48,10 @@ pub enum Error {
     /// the next reconcile reads the new version.
     #[error("the object changed since it was read")]
     Stale,
+    /// A competing resource is claiming the same remote object right now; the next reconcile
+    /// sees its claim and reports the conflict.
+    #[error("a competing resource is claiming the same remote object")]
+    Contended,
     /// A MyTimetable request failed.
     #[error(transparent)]
     MyTimetable(#[from] mytimetable::Error),
@@ -59,6 +63,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Stale => "stale",
+            Error::Contended => "contended",
             Error::MyTimetable(error) => error.metric_label(),
         }
     }
@@ -254,7 +259,7 @@ pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
     let kind = K::kind(&());
     let namespace = object.meta().namespace.as_deref().unwrap_or("");
     let name = object.meta().name.as_deref().unwrap_or("");
-    if let Error::Stale = error {
+    if let Error::Stale | Error::Contended = error {
         // A newer version is on its way through the watch: an expected race, retried soon.
         tracing::debug!(%kind, namespace, name, "Object changed since it was read; retrying");
         return Action::requeue(Duration::from_millis(500));

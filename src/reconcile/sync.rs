@@ -138,6 +138,21 @@ async fn apply(
     let observed = Observed::gather(&sync, ctx);
     let plan = decide_sync(&observed.inputs(&sync, ctx));
 
+    // A claim (a pending create or an adopted id) is reserved in memory first, so that a
+    // competitor deciding from a cache without this claim cannot claim the same as well.
+    let claimed_before = status.sync_id.is_some() || status.pending_create.is_some();
+    let claims_now = plan.claim.is_some() || plan.status.sync_id.is_some();
+    if !claimed_before && claims_now {
+        let key = format!(
+            "sync/{}/{}",
+            plan.status.username.as_deref().unwrap_or_default(),
+            sync.spec.type_
+        );
+        if !ctx.memory.reserve(&key, &uid, observed.now) {
+            return Err(Error::Contended);
+        }
+    }
+
     match &plan.action {
         SyncAction::Nothing => {}
         SyncAction::WaitForSnapshot { newer_than } => {

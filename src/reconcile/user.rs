@@ -55,8 +55,13 @@ async fn apply(
         refresh_failure: failure.as_ref(),
     });
 
-    // Ownership is recorded before the remote write.
+    // Ownership is reserved in memory, so that a competitor deciding from a cache without
+    // this claim cannot claim as well, and recorded before the remote write.
     if let Some(claim) = &plan.claim {
+        let key = format!("user/{}", user.spec.username);
+        if !ctx.memory.reserve(&key, &uid, jiff::Timestamp::now()) {
+            return Err(Error::Contended);
+        }
         user = write_status(api, user, claim, ctx).await?;
     }
 
