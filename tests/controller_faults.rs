@@ -201,3 +201,72 @@ async fn crash_during_creates_leaves_no_duplicates() {
     }
     harness.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_create_is_reported_and_not_retried() {
+    let harness = Harness::start("rejected").await;
+    create(&harness.users(), &user("sam", "sam")).await;
+    // The simulated site has no adapter of this type, so MyTimetable returns 400.
+    create(&harness.syncs(), &sync("sam-lotus", "sam", "lotusnotes")).await;
+    create(&harness.syncs(), &sync("sam-o365", "sam", "o365")).await;
+
+    let rejected = wait_reason(&harness.syncs(), "sam-lotus", reason::API_ERROR).await;
+    let message = rejected.conditions()[0].message.clone();
+    assert!(message.contains("400"), "{message}");
+    let status = rejected.status.clone().expect("status");
+    assert_eq!(status.pending_create, None);
+    assert_eq!(status.sync_id, None);
+    // The other synchronization of the same user is not held up.
+    wait_ready(&harness.syncs(), "sam-o365").await;
+
+    // Three resyncs later the rejected create was still sent only once.
+    let puts = || {
+        harness
+            .sim
+            .requests()
+            .count_with_status("PUT /synchronizations", "400")
+    };
+    assert_eq!(puts(), 1);
+    let lists_before = harness.sim.requests().count("GET /synchronizations");
+    wait_until("three resyncs", || async {
+        let lists = harness.sim.requests().count("GET /synchronizations");
+        (
+            (lists >= lists_before + 3).then_some(()),
+            format!("{lists} lists"),
+        )
+    })
+    .await;
+    assert_eq!(puts(), 1);
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(harness.client.clone(), harness.ns());
+    let listed = events.list(&ListParams::default()).await.expect("events");
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason::API_ERROR)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("sam-lotus")),
+        "no ApiError event for sam-lotus"
+    );
+
+    // A change of the resource makes the controller try again.
+    let patch = serde_json::json!({"spec": {"unlinkMode": "DELETE_ALL_EVENTS"}});
+    harness
+        .syncs()
+        .patch(
+            "sam-lotus",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch");
+    wait_until("a second create", || async {
+        let count = puts();
+        (
+            (count == 2).then_some(()),
+            format!("{count} rejected creates"),
+        )
+    })
+    .await;
+    harness.shutdown().await;
+}
