@@ -3,7 +3,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test demo crds check-crds control-plane helm build lint release sim
+.PHONY: help test demo crds check-crds control-plane helm build lint release sim bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,3 +49,13 @@ SIM_ARGS ?=
 
 sim: ## Run the MyTimetable simulator on SIM_LISTEN, token SIM_TOKEN, extra flags in SIM_ARGS
 	MYTIMETABLE_SIM_TOKEN='$(SIM_TOKEN)' cargo run --quiet --locked --bin mytimetable-sim -- --listen '$(SIM_LISTEN)' $(SIM_ARGS)
+
+# The benchmark's settings; override on the command line, for example
+# `make bench N=1000 STEADY=2m` or `make bench BENCH_ARGS="--max-concurrent-requests 16"`.
+N ?= 1000 10000
+LATENCY ?= 20ms
+STEADY ?= 10m
+BENCH_ARGS ?=
+
+bench: ## Measure converge, steady state, memory and the read-only API (docs/benchmarks.md)
+	N='$(N)' LATENCY='$(LATENCY)' STEADY='$(STEADY)' BENCH_ARGS='$(BENCH_ARGS)' scripts/bench.sh
