@@ -152,13 +152,18 @@ fn config_from(args: &Args) -> anyhow::Result<SimConfig> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = config_from(&args)?;
+    // Both handlers are installed before the base URL is printed, because a caller may send
+    // a signal as soon as it reads that line. `tokio::signal::ctrl_c()` would install its
+    // handler only when first polled, so until then SIGINT would kill the process.
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
     let simulator = Simulator::start(args.listen, config).await?;
     println!("{}", simulator.base_url());
 
-    let mut terminate =
-        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
     tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("failed to wait for SIGINT")?,
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     simulator.shutdown().await;
