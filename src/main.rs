@@ -83,7 +83,10 @@ fn run(config: RunConfig) -> anyhow::Result<()> {
             "Starting calsync-operator"
         );
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        // The handlers are installed here, before the HTTP server announces itself, because
+        // a signal that arrives before installation would kill the process at once.
+        let signals = ShutdownSignals::install().context("failed to install signal handlers")?;
+        tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
         let result = operator::run(runtime, shutdown).await;
         match &result {
             Ok(()) => tracing::info!("Stopped calsync-operator"),
@@ -93,20 +96,29 @@ fn run(config: RunConfig) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
+/// The SIGTERM and SIGINT handlers of `run`.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
 
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::error!(%error, "Failed to listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("Received SIGTERM, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("Received SIGINT, shutting down"),
+impl ShutdownSignals {
+    /// Installs both handlers, so that from now on the signals no longer end the process.
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    shutdown.cancel();
+
+    /// Cancels `shutdown` on SIGTERM or SIGINT.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("Received SIGTERM, shutting down"),
+            _ = self.interrupt.recv() => tracing::info!("Received SIGINT, shutting down"),
+        }
+        shutdown.cancel();
+    }
 }
