@@ -90,18 +90,18 @@ impl ControlPlane {
         Some(ControlPlane::shared())
     }
 
-    /// Starts a private control plane, stopped when the returned value is dropped.
+    /// Starts a private control plane with the CRDs from `crds/` installed, stopped when the
+    /// returned value is dropped.
     ///
     /// Blocking; safe to call from any tokio runtime.
     pub fn start() -> Result<ControlPlane, Error> {
-        let bin_dir = binaries::locate()?;
-        let mut attempt = 1;
-        loop {
-            match start_in_new_dir(&bin_dir) {
-                Err(error) if attempt < PORT_ATTEMPTS && lost_port_race(&error) => attempt += 1,
-                result => return result,
-            }
-        }
+        ControlPlane::builder().start()
+    }
+
+    /// Returns a builder for a private control plane with other options than
+    /// [`ControlPlane::start`], for example without the CRDs.
+    pub fn builder() -> ControlPlaneBuilder {
+        ControlPlaneBuilder { install_crds: true }
     }
 
     /// Returns a new client authenticated as a cluster admin (`system:masters`).
@@ -153,6 +153,37 @@ impl ControlPlane {
     }
 }
 
+/// Options of a private control plane; [`ControlPlaneBuilder::start`] starts it.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneBuilder {
+    install_crds: bool,
+}
+
+impl ControlPlaneBuilder {
+    /// Sets whether the CRDs from `crds/` are installed (the default is true). A test that
+    /// needs a cluster which never had them, such as a first install of the Helm chart, sets
+    /// false instead of deleting them, because CRD deletion waits for the apiextensions
+    /// finalizer to remove every stored object and can take long on a loaded machine.
+    pub fn install_crds(mut self, install: bool) -> Self {
+        self.install_crds = install;
+        self
+    }
+
+    /// Starts the control plane, stopped when the returned value is dropped.
+    ///
+    /// Blocking; safe to call from any tokio runtime.
+    pub fn start(self) -> Result<ControlPlane, Error> {
+        let bin_dir = binaries::locate()?;
+        let mut attempt = 1;
+        loop {
+            match start_in_new_dir(&bin_dir, &self) {
+                Err(error) if attempt < PORT_ATTEMPTS && lost_port_race(&error) => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -179,7 +210,7 @@ extern "C" fn stop_shared_at_exit() {
 ///
 /// On failure both processes are killed and the folder is kept, so that the logs named in
 /// the error can be read.
-fn start_in_new_dir(bin_dir: &Path) -> Result<ControlPlane, Error> {
+fn start_in_new_dir(bin_dir: &Path, options: &ControlPlaneBuilder) -> Result<ControlPlane, Error> {
     let dir = tempfile::Builder::new()
         .prefix("calsync-testenv-")
         .tempdir()
@@ -189,7 +220,7 @@ fn start_in_new_dir(bin_dir: &Path) -> Result<ControlPlane, Error> {
             source,
         })?;
     let mut processes = Vec::new();
-    match start_processes(bin_dir, dir.path(), &mut processes) {
+    match start_processes(bin_dir, dir.path(), options, &mut processes) {
         Ok((kubeconfig, server_url)) => Ok(ControlPlane {
             bin_dir: bin_dir.to_path_buf(),
             kubeconfig,
@@ -210,10 +241,12 @@ fn start_in_new_dir(bin_dir: &Path) -> Result<ControlPlane, Error> {
 }
 
 /// Starts both processes into `processes`, waits until the API server is ready and
-/// installs the CRDs. Returns the kubeconfig path and the server URL.
+/// installs the CRDs unless `options` leaves them out. Returns the kubeconfig path and the
+/// server URL.
 fn start_processes(
     bin_dir: &Path,
     dir: &Path,
+    options: &ControlPlaneBuilder,
     processes: &mut Vec<ManagedProcess>,
 ) -> Result<(PathBuf, String), Error> {
     let [etcd_client_port, etcd_peer_port, apiserver_port] = free_loopback_ports()?;
@@ -276,7 +309,9 @@ fn start_processes(
     wait_until_ready(&client, processes)?;
 
     // Phase 4: the CRDs, read from crds/ so that the checked-in files are what the tests see.
-    runtime::block_on(install_crds(client, crds_dir()))?;
+    if options.install_crds {
+        runtime::block_on(install_crds(client, crds_dir()))?;
+    }
     Ok((kubeconfig, server_url))
 }
 

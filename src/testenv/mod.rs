@@ -18,13 +18,19 @@
 //! processes also receive SIGKILL from the kernel when the test process dies in any other
 //! way (a signal, an abort after a panic), because they are spawned with
 //! `PR_SET_PDEATHSIG` from a thread that lives as long as the process.
-//! [`ControlPlane::start`] returns a private control plane that is stopped on drop.
+//! [`ControlPlane::start`] returns a private control plane that is stopped on drop, and
+//! [`ControlPlane::builder`] one with other options, such as no CRDs installed.
 //!
 //! # Clients
 //! Every [`kube::Client`] that [`ControlPlane::client`] returns sends its requests from a
 //! background runtime owned by this module, where its connections also live. It therefore
 //! works from any tokio runtime, including one with a paused clock, and keeps working while
 //! the test's own runtime is blocked or after it is gone.
+//!
+//! # Child processes
+//! [`output_within`], [`wait_with_output_within`] and [`first_line_within`] wait for a test's
+//! child process with a deadline, kill it when the deadline passes, and return an error that
+//! quotes what it printed, so that a hanging program fails its test instead of the CI job.
 //!
 //! # Binaries
 //! `CALSYNC_CONTROL_PLANE_DIR` names the folder with `kube-apiserver`, `kubectl` and `etcd`.
@@ -34,6 +40,7 @@
 //! [`ControlPlane::shared_or_skip`] then print that they were skipped and return.
 
 mod binaries;
+mod command;
 mod control_plane;
 mod namespace;
 mod pki;
@@ -41,14 +48,16 @@ mod process;
 mod runtime;
 
 pub use binaries::{CONTROL_PLANE_DIR_ENV, SKIP_CONTROL_PLANE_ENV};
-pub use control_plane::ControlPlane;
+pub use command::{first_line_within, output_within, wait_with_output_within};
+pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use namespace::TestNamespace;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Errors of starting a test control plane. None of them is transient: each needs a fix of
-/// the machine or of the repository, and the message says which.
+/// Errors of starting a test control plane or running a test's child process. None of them
+/// is transient: each needs a fix of the machine or of the repository, and the message says
+/// which or quotes the output that explains it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `scripts/build-control-plane.sh` could not be run or failed.
@@ -126,4 +135,26 @@ pub enum Error {
     /// Established in time.
     #[error("failed to install the CRD {file}: {reason}; run `make crds` if the file is stale")]
     InstallCrd { file: PathBuf, reason: String },
+
+    /// A child process of a test did not exit in time and was killed.
+    #[error(
+        "{program} did not exit within {timeout:?} and was killed; standard output:\n{stdout}\nstandard error:\n{stderr}"
+    )]
+    TimedOut {
+        program: String,
+        timeout: Duration,
+        stdout: String,
+        stderr: String,
+    },
+
+    /// A child process of a test printed no first line on standard output and was killed.
+    #[error(
+        "{program} printed no first line ({failure}); exit status {status}; standard error:\n{stderr}"
+    )]
+    NoFirstLine {
+        program: String,
+        failure: String,
+        status: String,
+        stderr: String,
+    },
 }
