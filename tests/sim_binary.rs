@@ -1,22 +1,39 @@
 //! The `mytimetable-sim` program: flags, the printed base URL, and a clean stop on SIGINT
 //! and SIGTERM.
+//!
+//! Every wait on the program is bounded: a program that hangs is killed, and the test fails
+//! with what it printed.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use calsync_operator::testenv::{first_line_within, output_within, wait_with_output_within};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mytimetable-sim");
+const PROGRAM: &str = "mytimetable-sim";
+/// How long the program may take to print its base URL, to exit after a signal, or to fail
+/// on a bad flag. Each takes milliseconds; the margin covers a loaded 2-core machine.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 struct Running {
-    child: Child,
+    // None once `wait_for_exit` took the child.
+    child: Option<Child>,
     base_url: String,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the simulator runs").id()
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // Only reached when a test failed before stopping the program itself.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Only reached with a child when a test failed before stopping the program itself.
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -26,47 +43,51 @@ fn start(args: &[&str]) -> Running {
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the simulator binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base_url = line.trim().to_owned();
+    let base_url = first_line_within(&mut child, PROGRAM, WAIT_LIMIT)
+        .unwrap_or_else(|error| panic!("{error}"));
     assert!(
         base_url.starts_with("http://127.0.0.1:") && base_url.ends_with("/api/v0"),
         "unexpected first line {base_url:?}"
     );
-    Running { child, base_url }
-}
-
-fn signal(running: &Running, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &running.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-// Waits up to 10 s for the program to exit and returns its exit code and standard error.
-fn wait_for_exit(mut running: Running) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = running.child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            running
-                .child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            return (status.code(), stderr);
-        }
-        assert!(Instant::now() < deadline, "the simulator did not stop");
-        std::thread::sleep(Duration::from_millis(20));
+    Running {
+        child: Some(child),
+        base_url,
     }
+}
+
+fn signal(running: &Running, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(running.pid()).expect("pid fits pid_t");
+    // SAFETY: kill has no memory effects; the pid is this test's own child, not yet reaped.
+    let result = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        result,
+        0,
+        "signal {signal} failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+// Waits for the program to exit and returns its exit code and standard error. A program
+// that does not exit within WAIT_LIMIT is killed and fails the test with its output.
+fn wait_for_exit(mut running: Running) -> (Option<i32>, String) {
+    let child = running.child.take().expect("the simulator runs");
+    let output = wait_with_output_within(child, PROGRAM, WAIT_LIMIT)
+        .unwrap_or_else(|error| panic!("the simulator did not stop: {error}"));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// Runs a command to its end, killing it and failing the test with its output after
+// WAIT_LIMIT.
+fn run(command: &mut Command) -> Output {
+    output_within(command, WAIT_LIMIT).unwrap_or_else(|error| panic!("{error}"))
 }
 
 fn get_status(url: &str, token: &str) -> u16 {
@@ -76,7 +97,11 @@ fn get_status(url: &str, token: &str) -> u16 {
         .build()
         .unwrap();
     runtime.block_on(async {
-        reqwest::Client::new()
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(WAIT_LIMIT)
+            .build()
+            .unwrap()
             .get(url)
             .header("apiToken", token)
             .send()
@@ -108,7 +133,7 @@ fn serves_and_stops_on_sigterm() {
         401
     );
 
-    signal(&running, "TERM");
+    signal(&running, libc::SIGTERM);
     let (code, stderr) = wait_for_exit(running);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("MyTimetable simulator stopped"), "{stderr}");
@@ -122,7 +147,7 @@ fn serves_and_stops_on_sigterm() {
 fn stops_on_sigint() {
     let running = start(&["--token", "binary-token-sigint"]);
 
-    signal(&running, "INT");
+    signal(&running, libc::SIGINT);
 
     let (code, stderr) = wait_for_exit(running);
     assert_eq!(code, Some(0), "{stderr}");
@@ -138,7 +163,7 @@ fn fault_flags_take_effect() {
         500
     );
 
-    signal(&running, "TERM");
+    signal(&running, libc::SIGTERM);
     wait_for_exit(running);
 }
 
@@ -152,7 +177,7 @@ fn later_version_flag_serves_user_lookup() {
         404
     );
 
-    signal(&running, "TERM");
+    signal(&running, libc::SIGTERM);
     wait_for_exit(running);
 }
 
@@ -194,28 +219,25 @@ fn bad_flags_fail_with_clear_message() {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let output = Command::new(BINARY)
+        // A case that wrongly succeeds keeps serving; the bounded wait then kills it and
+        // fails the test with its output instead of hanging.
+        let output = run(Command::new(BINARY)
             .args(listen)
             .args(args)
-            .env_remove("MYTIMETABLE_SIM_TOKEN")
-            .output()
-            .unwrap();
+            .env_remove("MYTIMETABLE_SIM_TOKEN"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 
-    let both = Command::new(BINARY)
-        .args(["--token", "t", "--token-file", "/dev/null"])
-        .output()
-        .unwrap();
+    let both = run(Command::new(BINARY).args(["--token", "t", "--token-file", "/dev/null"]));
     assert!(!both.status.success());
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
 
 #[test]
 fn prints_version() {
-    let output = Command::new(BINARY).arg("--version").output().unwrap();
+    let output = run(Command::new(BINARY).arg("--version"));
 
     assert!(output.status.success());
     assert_eq!(

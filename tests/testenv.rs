@@ -125,7 +125,7 @@ fn server_address(kubeconfig: &std::path::Path) -> String {
 // (PR_SET_PDEATHSIG) is checked on calsync-devenv, which uses the same spawning code.
 #[test]
 fn control_plane_dies_with_killed_parent() {
-    use std::io::{BufRead, BufReader};
+    use calsync_operator::testenv::first_line_within;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -137,14 +137,15 @@ fn control_plane_dies_with_killed_parent() {
     let mut devenv = Command::new(env!("CARGO_BIN_EXE_calsync-devenv"))
         .arg("--kubeconfig")
         .arg(&kubeconfig)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("calsync-devenv starts");
-    let mut first_line = String::new();
-    BufReader::new(devenv.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
-    assert_eq!(first_line.trim(), "ready");
+    // Start-up may wait 120 s for /readyz of kube-apiserver and 30 s for the CRDs.
+    let first_line = first_line_within(&mut devenv, "calsync-devenv", Duration::from_secs(180))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(first_line, "ready");
     let address = server_address(&kubeconfig);
     assert!(std::net::TcpStream::connect(&address).is_ok());
 

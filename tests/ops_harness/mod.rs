@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct Operator {
     pub name: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    // How many of the two output streams reached their end.
+    ended_streams: Arc<AtomicUsize>,
     address: SocketAddr,
     http: reqwest::Client,
 }
@@ -55,8 +58,11 @@ impl Operator {
             .expect("calsync-operator starts");
 
         let lines = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stdout.take().expect("stdout"), lines.clone());
-        collect_lines(child.stderr.take().expect("stderr"), lines.clone());
+        let ended_streams = Arc::new(AtomicUsize::new(0));
+        let stdout = child.stdout.take().expect("stdout");
+        collect_lines(stdout, lines.clone(), ended_streams.clone());
+        let stderr = child.stderr.take().expect("stderr");
+        collect_lines(stderr, lines.clone(), ended_streams.clone());
         let address = wait_until(&format!("{name} to serve HTTP"), || {
             let lines = lines.clone();
             let exited = child.try_wait().ok().flatten();
@@ -76,6 +82,7 @@ impl Operator {
             name: name.to_string(),
             child,
             lines,
+            ended_streams,
             address,
             http,
         }
@@ -172,15 +179,13 @@ impl Operator {
         assert_eq!(result, 0, "signalling {} failed", self.name);
     }
 
-    /// Waits for the process to exit, failing the test with its output when it does not
-    /// exit within `limit`.
+    /// Waits for the process to exit and for its last output lines to be collected, failing
+    /// the test with its output when either does not happen within `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = tokio::time::Instant::now() + limit;
-        loop {
+        let status = loop {
             if let Some(status) = self.child.try_wait().expect("polling the child") {
-                // The reader threads may still hold the last lines; give them a moment.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
+                break status;
             }
             if tokio::time::Instant::now() > deadline {
                 panic!(
@@ -190,7 +195,20 @@ impl Operator {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The reader threads may still hold the last lines, which tests look for; both
+        // streams end once the exited process's pipes are drained.
+        while self.ended_streams.load(Ordering::Acquire) < 2 {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "the output streams of {} stayed open {limit:?} after it started to exit; output:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        status
     }
 
     /// Fails the test when the token appears in the output.
@@ -216,11 +234,17 @@ impl Drop for Operator {
     }
 }
 
-fn collect_lines(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+// Appends each line of `stream` to `lines`, and counts `ended` up once the stream ended.
+fn collect_lines(
+    stream: impl Read + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+    ended: Arc<AtomicUsize>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             lines.lock().unwrap().push(line);
         }
+        ended.fetch_add(1, Ordering::Release);
     });
 }
 
