@@ -19,7 +19,14 @@ echo "test: control plane from $CALSYNC_CONTROL_PLANE_DIR, helm $CALSYNC_HELM" >
 scripts/check-crds.sh
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-# --no-fail-fast runs every test binary, so one failure does not hide the others.
-cargo test --locked --no-fail-fast
+# --no-fail-fast runs every test binary, so one failure does not hide the others. The output
+# is kept so that the closing line can total every binary's counts.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 
-echo "test: all checks passed in $((SECONDS - started)) s" >&2
+echo "test: finished in $((SECONDS - started)) s" >&2
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"
