@@ -11,7 +11,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use calsync_operator::config::{LogFormat, RunConfig, TokenSource};
-use calsync_operator::testenv::{ControlPlane, SKIP_CONTROL_PLANE_ENV, TestNamespace};
+use calsync_operator::testenv::{
+    BoundedOutput, COMMAND_TIMEOUT, ControlPlane, SKIP_CONTROL_PLANE_ENV, TestNamespace,
+    wait_with_output_within,
+};
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -86,7 +89,7 @@ fn helm_command() -> Command {
 fn run_helm(args: &[&str]) -> Output {
     helm_command()
         .args(args)
-        .output()
+        .output_within(COMMAND_TIMEOUT)
         .unwrap_or_else(|error| panic!("failed to run {}: {error}", helm().display()))
 }
 
@@ -992,7 +995,7 @@ fn readme_lists_every_value() {
 /// Runs a command to completion and panics with its output when it fails.
 fn run_ok(mut command: Command, description: &str) -> String {
     let output = command
-        .output()
+        .output_within(COMMAND_TIMEOUT)
         .unwrap_or_else(|error| panic!("failed to run {description}: {error}"));
     assert!(
         output.status.success(),
@@ -1029,8 +1032,8 @@ fn service_account_can(
         .arg(format!(
             "--as=system:serviceaccount:{account_namespace}:{account}"
         ))
-        .output()
-        .expect("failed to run kubectl auth can-i");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "failed to run kubectl auth can-i"));
     let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
     match answer.as_str() {
         "yes" => true,
@@ -1256,8 +1259,8 @@ async fn install_grants_service_account_least_privilege() {
             "name",
             &impersonate,
         ])
-        .output()
-        .unwrap();
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error}"));
     assert!(
         !unselected.status.success(),
         "listing every Secret must be forbidden"
@@ -1361,8 +1364,8 @@ async fn first_install_creates_crds_and_uninstall_keeps_them() {
     let show = helm_command()
         .args(["show", "crds"])
         .arg(newer.path())
-        .output()
-        .expect("failed to run helm show crds");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "failed to run helm show crds"));
     assert!(
         show.status.success(),
         "helm show crds failed: {}",
@@ -1376,7 +1379,8 @@ async fn first_install_creates_crds_and_uninstall_keeps_them() {
         .stderr(std::process::Stdio::piped());
     let mut child = upgrade.spawn().expect("failed to run kubectl apply");
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &show.stdout).unwrap();
-    let applied = child.wait_with_output().unwrap();
+    let applied = wait_with_output_within(child, "kubectl", COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error}"));
     assert!(
         applied.status.success(),
         "the documented CRD upgrade failed: {}",

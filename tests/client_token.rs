@@ -52,11 +52,27 @@ async fn file_token_is_reloaded_on_change() {
         .unwrap();
     client.ensure_user("uma").await.unwrap();
 
-    // A removed or empty file keeps the last good token.
+    // A removed or empty file keeps the last good token. The watcher logs each distinct
+    // failure once, so its log line shows that it read the file in that state.
+    let failure_logged = |reason: &str| {
+        let path = path.display().to_string();
+        logs().text().lines().any(|line| {
+            line.contains("Failed to load MyTimetable token file")
+                && line.contains(&path)
+                && line.contains(reason)
+        })
+    };
     std::fs::remove_file(&path).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the watcher reads the removed file", || {
+        failure_logged("failed to read the token file")
+    })
+    .await;
+    client.list_users().await.unwrap();
     std::fs::write(&path, "  \n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the watcher reads the empty file", || {
+        failure_logged("is empty")
+    })
+    .await;
     client.list_users().await.unwrap();
     assert!(
         logs()

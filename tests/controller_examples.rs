@@ -9,7 +9,7 @@ use std::path::Path;
 
 use calsync_operator::resources::{CalendarSync, CalendarUser, DeletionPolicy, reason};
 use calsync_operator::sim::{EventSource, SimConfig, Simulator};
-use calsync_operator::testenv::ControlPlane;
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT, ControlPlane};
 use controller_harness::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -47,8 +47,8 @@ async fn examples_converge_and_clean_up_by_policy() {
         .arg("apply")
         .arg("-k")
         .arg(&examples)
-        .output()
-        .expect("kubectl runs");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "kubectl runs"));
     assert!(
         output.status.success(),
         "kubectl apply -k examples/ failed: {}",

@@ -4,6 +4,7 @@
 mod controller_harness;
 
 use calsync_operator::resources::{DeletionPolicy, UnlinkMode, reason};
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT};
 use controller_harness::*;
 use kube::ResourceExt;
 
@@ -437,8 +438,8 @@ async fn kubectl_wait_sees_ready_of_current_generation() {
                 harness.ns(),
                 "--timeout=90s",
             ])
-            .output()
-            .expect("kubectl runs");
+            .output_within(COMMAND_TIMEOUT)
+            .unwrap_or_else(|error| panic!("{}: {error}", "kubectl runs"));
         assert!(
             output.status.success(),
             "kubectl wait {target} failed: {}",

@@ -4,12 +4,16 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calsync_operator::crdcheck::{self, Error, Finding, UPGRADE_COMMAND};
-use calsync_operator::testenv::ControlPlane;
+use calsync_operator::resources;
+use calsync_operator::testenv::{
+    BoundedOutput, COMMAND_TIMEOUT, ControlPlane, wait_with_output_within,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 const SYNCS_CRD: &str = "calendarsyncs.calsync.dev";
@@ -54,7 +58,7 @@ async fn install_reduced_sync_crd(client: &kube::Client) {
 fn run_operator(control_plane: &ControlPlane) -> (bool, String) {
     let token = tempfile::NamedTempFile::new().expect("temporary token file");
     std::fs::write(token.path(), "crd-check-token").expect("write the token");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calsync-operator"))
+    let child = Command::new(env!("CARGO_BIN_EXE_calsync-operator"))
         .arg("run")
         .arg("--kubeconfig")
         .arg(control_plane.kubeconfig())
@@ -69,23 +73,8 @@ fn run_operator(control_plane: &ControlPlane) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("calsync-operator starts");
-    let deadline = Instant::now() + RUN_EXIT_TIMEOUT;
-    while child
-        .try_wait()
-        .expect("wait for calsync-operator")
-        .is_none()
-    {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("collect output");
-            panic!(
-                "calsync-operator run did not stop within {RUN_EXIT_TIMEOUT:?}; stdout: {}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().expect("collect output");
+    let output = wait_with_output_within(child, "calsync-operator", RUN_EXIT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("calsync-operator run did not stop: {error}"));
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -141,8 +130,8 @@ fn older_crd_stops_run_with_fix() {
         .kubectl()
         .args(["apply", "--server-side", "--force-conflicts", "-f", "crds/"])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("kubectl runs");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("kubectl runs: {error}"));
     assert!(
         output.status.success(),
         "{UPGRADE_COMMAND} failed: {}",
@@ -155,24 +144,23 @@ fn older_crd_stops_run_with_fix() {
 
 #[test]
 fn missing_crd_is_reported() {
-    // The control plane stops when `_control_plane` is dropped at the end of the test.
-    let (_control_plane, runtime, client) = private_control_plane();
+    // A control plane that never had the CalendarUser CRD. Deleting it from one that had it
+    // would wait for the apiextensions finalizer, which can take long on a loaded machine.
+    let control_plane = ControlPlane::builder()
+        .install_crds(false)
+        .start()
+        .expect("a private control plane without CRDs");
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let client = runtime.block_on(control_plane.client());
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let syncs_crd = resources::crds()
+        .into_iter()
+        .find(|crd| crd.name_any() == SYNCS_CRD)
+        .expect("the CalendarSync CRD is generated");
     runtime
-        .block_on(api.delete(USERS_CRD, &DeleteParams::default()))
-        .expect("delete the CalendarUser CRD");
+        .block_on(api.create(&PostParams::default(), &syncs_crd))
+        .expect("create the CalendarSync CRD");
 
-    // Deletion finishes asynchronously; the check reports the CRD as absent once it is gone
-    // and as present before, so wait until it is gone (bounded).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while runtime
-        .block_on(api.get_opt(USERS_CRD))
-        .expect("get the CRD")
-        .is_some()
-    {
-        assert!(Instant::now() < deadline, "{USERS_CRD} was not deleted");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let findings = outdated_findings(runtime.block_on(crdcheck::check(&client)));
     assert_eq!(
         findings,

@@ -12,7 +12,7 @@ use calsync_operator::resources::{
     self, CalendarSync, CalendarSyncSpec, CalendarUser, CalendarUserSpec, DeletionPolicy,
     UnlinkMode, UserReference,
 };
-use calsync_operator::testenv::{ControlPlane, TestNamespace};
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT, ControlPlane, TestNamespace};
 
 const FIX: &str = "run `make crds` to regenerate crds/ and commit the result";
 
@@ -55,8 +55,8 @@ fn crds_folder_holds_only_generated_files() {
 fn crds_command_prints_checked_in_files() {
     let output = Command::new(env!("CARGO_BIN_EXE_calsync-operator"))
         .arg("crds")
-        .output()
-        .expect("calsync-operator runs");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "calsync-operator runs"));
     assert!(output.status.success(), "{output:?}");
     let printed = String::from_utf8(output.stdout).unwrap();
 
@@ -68,7 +68,9 @@ fn crds_command_prints_checked_in_files() {
 }
 
 fn kubectl_output(mut command: Command) -> String {
-    let output = command.output().expect("kubectl runs");
+    let output = command
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "kubectl runs"));
     assert!(
         output.status.success(),
         "kubectl failed: {}",
@@ -202,7 +204,10 @@ fn kubectl_explain_documents_fields() {
     for kind in ["calendaruser", "calendarsync"] {
         loop {
             let mut explain = control_plane.kubectl();
-            let output = explain.args(["explain", kind]).output().unwrap();
+            let output = explain
+                .args(["explain", kind])
+                .output_within(COMMAND_TIMEOUT)
+                .unwrap_or_else(|error| panic!("{error}"));
             if output.status.success() {
                 break;
             }

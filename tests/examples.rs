@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use calsync_operator::resources::{CalendarSync, CalendarUser, DeletionPolicy, UnlinkMode};
-use calsync_operator::testenv::ControlPlane;
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT, ControlPlane};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -279,8 +279,8 @@ async fn kubectl_apply_k_succeeds() {
         .kubectl()
         .args(["apply", "--server-side", "-k"])
         .arg(examples_dir())
-        .output()
-        .expect("failed to run kubectl");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "failed to run kubectl"));
     assert!(
         output.status.success(),
         "kubectl apply -k examples/ failed:\n{}",

@@ -15,6 +15,7 @@ use calsync_operator::resources::{
     CalendarUserSpec, CalendarUserStatus, DeletionPolicy, UnlinkMode, UserReference, condition,
     reason,
 };
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
@@ -80,7 +81,7 @@ fn health_of(object: &Value) -> (String, String) {
     let output = Command::new(&interpreter)
         .arg("-e")
         .arg(&chunk)
-        .output()
+        .output_within(COMMAND_TIMEOUT)
         .unwrap_or_else(|error| {
             panic!(
                 "cannot run the Lua interpreter {interpreter:?}: {error}; install it with \

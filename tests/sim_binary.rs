@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use calsync_operator::testenv::{first_line_within, output_within, wait_with_output_within};
+use calsync_operator::testenv::{BoundedOutput, first_line_within, wait_with_output_within};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mytimetable-sim");
 const PROGRAM: &str = "mytimetable-sim";
@@ -87,7 +87,9 @@ fn wait_for_exit(mut running: Running) -> (Option<i32>, String) {
 // Runs a command to its end, killing it and failing the test with its output after
 // WAIT_LIMIT.
 fn run(command: &mut Command) -> Output {
-    output_within(command, WAIT_LIMIT).unwrap_or_else(|error| panic!("{error}"))
+    command
+        .output_within(WAIT_LIMIT)
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 fn get_status(url: &str, token: &str) -> u16 {

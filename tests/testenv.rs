@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::wait::{Condition, conditions};
 
-use calsync_operator::testenv::{ControlPlane, TestNamespace};
+use calsync_operator::testenv::{BoundedOutput, COMMAND_TIMEOUT, ControlPlane, TestNamespace};
 
 #[tokio::test]
 async fn shared_control_plane_serves_both_crds() {
@@ -31,8 +31,8 @@ async fn kubectl_reaches_shared_control_plane() {
     let output = control_plane
         .kubectl()
         .args(["get", "crd", "calendarsyncs.calsync.dev", "-o", "name"])
-        .output()
-        .expect("kubectl runs");
+        .output_within(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{}: {error}", "kubectl runs"));
     assert!(
         output.status.success(),
         "kubectl failed: {}",

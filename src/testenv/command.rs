@@ -16,23 +16,35 @@ const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// pipes when it exits, so only a grandchild that inherited them keeps them open longer.
 const PIPE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs `command` to completion like [`Command::output`], with standard input closed and
-/// both output streams captured, but kills it when it has not exited within `timeout`.
-///
-/// Returns [`Error::TimedOut`] with everything the program printed until then.
-pub fn output_within(command: &mut Command, timeout: Duration) -> Result<Output, Error> {
-    let program = program_name(command.get_program());
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Io {
-            action: "run",
-            path: program.clone().into(),
-            source,
-        })?;
-    wait_with_output_within(child, &program, timeout)
+/// How long a test may wait for a kubectl, helm or similar command. They take seconds, and
+/// the margin covers a loaded 2-core machine and a `kubectl wait --timeout=90s`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// [`Command::output`] with a deadline.
+pub trait BoundedOutput {
+    /// Runs the command to completion like [`Command::output`], with standard input closed
+    /// and both output streams captured, but kills it when it has not exited within
+    /// `timeout`.
+    ///
+    /// Returns [`Error::TimedOut`] with everything the program printed until then.
+    fn output_within(&mut self, timeout: Duration) -> Result<Output, Error>;
+}
+
+impl BoundedOutput for Command {
+    fn output_within(&mut self, timeout: Duration) -> Result<Output, Error> {
+        let program = program_name(self.get_program());
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Io {
+                action: "run",
+                path: program.clone().into(),
+                source,
+            })?;
+        wait_with_output_within(child, &program, timeout)
+    }
 }
 
 /// Waits for `child` like [`Child::wait_with_output`], reading its piped output streams
@@ -194,23 +206,19 @@ mod tests {
 
     #[test]
     fn output_within_returns_output_of_exited_command() {
-        let output = output_within(
-            &mut shell("echo out; echo err >&2; exit 3"),
-            Duration::from_secs(30),
-        )
-        .unwrap();
+        let output = shell("echo out; echo err >&2; exit 3")
+            .output_within(Duration::from_secs(30))
+            .unwrap();
         assert_eq!(output.status.code(), Some(3));
         assert_eq!(output.stdout, b"out\n");
         assert_eq!(output.stderr, b"err\n");
     }
 
     #[test]
-    fn output_within_kills_hanging_command_and_keeps_its_output() {
-        let error = output_within(
-            &mut shell("echo started; echo waiting >&2; exec sleep 600"),
-            Duration::from_millis(500),
-        )
-        .unwrap_err();
+    fn output_within_kills_hanging_command() {
+        let error = shell("echo started; echo waiting >&2; exec sleep 600")
+            .output_within(Duration::from_millis(500))
+            .unwrap_err();
         match error {
             Error::TimedOut {
                 program,
@@ -238,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn first_line_within_reports_exit_and_stderr_without_line() {
+    fn first_line_within_reports_early_exit() {
         let mut child = shell("echo 'bad flag' >&2; exit 2")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

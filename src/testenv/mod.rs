@@ -28,7 +28,7 @@
 //! the test's own runtime is blocked or after it is gone.
 //!
 //! # Child processes
-//! [`output_within`], [`wait_with_output_within`] and [`first_line_within`] wait for a test's
+//! [`BoundedOutput::output_within`], [`wait_with_output_within`] and [`first_line_within`] wait for a test's
 //! child process with a deadline, kill it when the deadline passes, and return an error that
 //! quotes what it printed, so that a hanging program fails its test instead of the CI job.
 //!
@@ -48,7 +48,7 @@ mod process;
 mod runtime;
 
 pub use binaries::{CONTROL_PLANE_DIR_ENV, SKIP_CONTROL_PLANE_ENV};
-pub use command::{first_line_within, output_within, wait_with_output_within};
+pub use command::{BoundedOutput, COMMAND_TIMEOUT, first_line_within, wait_with_output_within};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use namespace::TestNamespace;
 
