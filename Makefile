@@ -12,7 +12,10 @@ test: ## Run every check and test, installing and building what is missing (what
 # CI has no Docker engine, so it builds the release binary with the Dockerfile's build script
 # instead (about 7 minutes on 2 cores from a fresh clone), before the tests so that their
 # totals close the output. Developers run `make release`.
-	@if [ "$${CI:-}" = true ]; then scripts/build-release.sh; fi
+	@if [ "$${CI:-}" = true ]; then \
+		release_started=$$SECONDS && scripts/build-release.sh && \
+		echo "test: the release build took $$((SECONDS - release_started)) s" >&2; \
+	fi
 	scripts/test.sh
 
 demo: ## Run the operator on a local control plane and the simulator, end to end, and clean up
