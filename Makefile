@@ -11,8 +11,10 @@ help: ## List the targets
 test: ## Run every check and test, installing and building what is missing (what CI runs)
 # CI has no Docker engine, so it builds the release binary with the Dockerfile's build script
 # instead (about 7 minutes on 2 cores from a fresh clone), before the tests so that their
-# totals close the output. Developers run `make release`.
+# totals close the output. Developers run `make release`. The tools come first, because a
+# fresh machine may lack the C compiler that the release build needs.
 	@if [ "$${CI:-}" = true ]; then \
+		scripts/install-tools.sh && \
 		release_started=$$SECONDS && scripts/build-release.sh && \
 		echo "test: the release build took $$((SECONDS - release_started)) s" >&2; \
 	fi
