@@ -77,7 +77,9 @@ const WRITE_VERBS: [&str; 6] = [
 /// Measures how the controller converges N CalendarUsers and N CalendarSyncs and how quiet it
 /// is afterwards.
 #[derive(Parser, Debug)]
-#[command(name = "converge")]
+// A flag given twice takes its last value, so BENCH_ARGS can override what scripts/bench.sh
+// passes, such as --out-dir.
+#[command(name = "converge", args_override_self = true)]
 struct Cli {
     /// Number of CalendarUsers, and of CalendarSyncs (one per user).
     #[arg(long, default_value_t = 1000)]
