@@ -201,7 +201,7 @@ impl Operator {
         while self.ended_streams.load(Ordering::Acquire) < 2 {
             if tokio::time::Instant::now() > deadline {
                 panic!(
-                    "the output streams of {} stayed open {limit:?} after it started to exit; output:\n{}",
+                    "the output streams of {} were still open {limit:?} after the wait for its exit began; output:\n{}",
                     self.name,
                     self.output()
                 );
