@@ -3,8 +3,8 @@
 # non-root user.
 #
 # The build stage runs scripts/build-release.sh, the same script as `make release`. No
-# Docker engine runs in this project's CI, so CI runs `make release` instead, which compiles
-# the image's binary with the same command, flags and Cargo.lock.
+# Docker engine runs in this project's CI, so `make test` in CI runs that script instead,
+# which compiles the image's binary with the same command, flags and Cargo.lock.
 #
 #   docker build -t registry.example.edu/calsync-operator:0.1.0 .
 
