@@ -338,7 +338,7 @@ mod tests {
             node = node.properties.as_mut().unwrap().get_mut(name).unwrap();
             if item {
                 let Some(JSONSchemaPropsOrArray::Schema(inner)) = node.items.as_mut() else {
-                    panic!("{segment} is no list");
+                    panic!("{segment} is not a list");
                 };
                 node = inner;
             }

@@ -83,7 +83,8 @@ async fn examples_converge_and_clean_up_by_policy() {
 
     let users: Vec<CalendarUser> = list_all(&client).await;
     let syncs: Vec<CalendarSync> = list_all(&client).await;
-    assert!(!users.is_empty() && !syncs.is_empty());
+    assert!(!users.is_empty(), "examples/ created no CalendarUser");
+    assert!(!syncs.is_empty(), "examples/ created no CalendarSync");
     for user in &users {
         let api: Api<CalendarUser> = Api::namespaced(client.clone(), &user.namespace().unwrap());
         wait_ready(&api, &user.name_any()).await;

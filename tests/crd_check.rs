@@ -116,7 +116,7 @@ fn older_crd_stops_run_with_fix() {
         }]
     );
 
-    // The binary stops before reconciling and tells the user what is missing and what to run.
+    // The binary stops before reconciling and prints what is missing and what to run.
     let (succeeded, stderr) = run_operator(&control_plane);
     assert!(!succeeded, "calsync-operator run passed: {stderr}");
     assert!(

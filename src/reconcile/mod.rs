@@ -49,7 +49,7 @@ pub enum Error {
     #[error("the object changed since it was read")]
     Stale,
     /// A competing resource is claiming the same remote object right now; the next reconcile
-    /// sees its claim and reports the conflict.
+    /// reads its claim and reports the conflict.
     #[error("a competing resource is claiming the same remote object")]
     Contended,
     /// A MyTimetable request failed.

@@ -360,7 +360,7 @@ mod tests {
 
     use super::*;
 
-    // A lister that counts its calls and holds each list until the test opens the gate.
+    // A lister that counts its calls and blocks each list until the test opens the gate.
     struct GatedLister {
         calls: AtomicUsize,
         gate: tokio::sync::Semaphore,
@@ -439,7 +439,7 @@ mod tests {
         lister.gate.add_permits(1);
         let first = fresh(&view, Timestamp::UNIX_EPOCH).await;
 
-        // Many callers need a newer snapshot; the first refresh holds at the gate.
+        // Many callers need a newer snapshot; the first refresh waits at the gate.
         let newer_than = first.fetched_at;
         let waiters: Vec<_> = (0..50)
             .map(|_| {

@@ -20,7 +20,7 @@ pub mod reason {
     pub const CONFLICT: &str = "Conflict";
     /// MyTimetable rejected the API token.
     pub const UNAUTHORIZED: &str = "Unauthorized";
-    /// MyTimetable failed or rejected a request; the message says which and why.
+    /// MyTimetable failed or rejected a request; the message names the request and the reason.
     pub const API_ERROR: &str = "ApiError";
     /// The resource is being deleted and waits for its remote cleanup.
     pub const DELETING: &str = "Deleting";

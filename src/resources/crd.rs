@@ -18,7 +18,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// Returns the file name under `crds/` that holds `crd`: its metadata.name plus `.yaml`.
+/// Returns the file name under `crds/` that contains `crd`: its metadata.name plus `.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.name_any())
 }

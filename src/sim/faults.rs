@@ -116,7 +116,7 @@ impl Faults {
     /// counters of those that do.
     pub(crate) fn decide(&mut self, endpoint: &str) -> Decision {
         let mut rng = rand::rng();
-        // Rejections come first: a request answered 500 or 429 is never applied, so it
+        // Rejections come first: a request that gets a 500 or 429 is never applied, so it
         // cannot also be slow or lose its response.
         let rejection = if self.server_errors.hits(endpoint, &mut rng) {
             Some(Rejection::ServerError)

@@ -391,7 +391,7 @@ async fn build_client(kubeconfig: PathBuf) -> Result<Client, Error> {
         .build())
 }
 
-/// Polls `/readyz` until it answers `ok`, failing early when a process exits.
+/// Polls `/readyz` until it returns `ok`, failing early when a process exits.
 fn wait_until_ready(client: &Client, processes: &mut [ManagedProcess]) -> Result<(), Error> {
     let started = Instant::now();
     let mut last_answer;
